@@ -1,0 +1,89 @@
+//! The crate's one error type.
+//!
+//! Every fallible function returns [`Result`]: a malformed batch should not abort a training
+//! run, so bad input is reported instead of panicking (burn-nn's losses `assert!`; we do not).
+
+/// Errors returned by log-prob helpers, losses and metrics.
+///
+/// Each message names the argument, what was expected and what came.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PreferenceError {
+    /// A tensor has the wrong shape.
+    #[error("`{arg}` has shape {actual:?}, expected {expected}")]
+    Shape {
+        /// The argument's name.
+        arg: &'static str,
+        /// The expected shape, in words (e.g. `[B, T] = [2, 7]`).
+        expected: String,
+        /// The shape that came.
+        actual: Vec<usize>,
+    },
+
+    /// Two arguments disagree on the batch size.
+    #[error("batch size mismatch: `{arg}` has {actual} rows, `{reference_arg}` has {expected}")]
+    BatchMismatch {
+        /// The argument whose batch size is off.
+        arg: &'static str,
+        /// The argument that fixes the batch size.
+        reference_arg: &'static str,
+        /// The batch size of `reference_arg`.
+        expected: usize,
+        /// The batch size of `arg`.
+        actual: usize,
+    },
+
+    /// A batch without rows, or a sequence too short for the requested operation.
+    #[error("`{arg}` is empty: {detail}")]
+    Empty {
+        /// The argument's name.
+        arg: &'static str,
+        /// What was needed.
+        detail: String,
+    },
+
+    /// A scalar hyper-parameter outside its valid range.
+    #[error("`{name}` must be {expected}, got {actual}")]
+    OutOfRange {
+        /// The parameter's name.
+        name: &'static str,
+        /// The valid range, in words (e.g. `> 0`, `in [0, 0.5)`).
+        expected: &'static str,
+        /// The value that came.
+        actual: f64,
+    },
+
+    /// A tensor holds a value it must not (a mask that is not 0/1, NaN scores, labels outside
+    /// `[0, 1]`).
+    #[error("`{arg}` must contain only {expected}, found {found}")]
+    InvalidValue {
+        /// The argument's name.
+        arg: &'static str,
+        /// The values allowed, in words.
+        expected: &'static str,
+        /// The first offending value, formatted.
+        found: String,
+    },
+
+    /// An input the chosen loss needs was not provided.
+    #[error("{loss} needs `{arg}`: {why}")]
+    MissingInput {
+        /// The loss that needs it.
+        loss: &'static str,
+        /// The missing argument.
+        arg: &'static str,
+        /// Why it is needed.
+        why: &'static str,
+    },
+
+    /// Reading a tensor back to the host (for validation) failed on the device.
+    #[error("reading `{arg}` back from the device failed: {reason}")]
+    Read {
+        /// The argument being read.
+        arg: &'static str,
+        /// The device's error message.
+        reason: String,
+    },
+}
+
+/// Shorthand for `Result<T, PreferenceError>`.
+pub type Result<T> = core::result::Result<T, PreferenceError>;

@@ -1,0 +1,259 @@
+//! Sequence log-probabilities from language-model logits (SPEC §1).
+//!
+//! Every preference loss starts here: the policy's (and reference's) log-probability of each
+//! response, `log π(y|x) = Σ_t log softmax(z_t)[y_t]` over the response's valid tokens.
+
+use burn::config::Config;
+use burn::tensor::{DType, FloatDType, Int, Tensor};
+
+use crate::check;
+use crate::error::{self, PreferenceError};
+
+/// How the token log-probs of one sequence are reduced to one number, `n` valid tokens.
+#[derive(Config, Debug, Copy, PartialEq)]
+pub enum LogpReduction {
+    /// `S = Σ_t ℓ_t`: the DPO and IPO papers, OpenRLHF.
+    Sum,
+    /// `S / n`: TRL's IPO, SimPO-style length normalisation.
+    Mean,
+    /// `S / n^α`: RRHF's length penalty (`α = 1` is `Mean`, `α = 0` is `Sum`).
+    LengthPower(f64),
+}
+
+/// Configuration of [`SequenceLogps`]; [`init`](Self::init) validates it.
+#[derive(Config, Debug)]
+pub struct SequenceLogpsConfig {
+    /// Causal shift: logits at position `t` predict the label at `t + 1`, so
+    /// `logits[:, :T-1]` is paired with `labels[:, 1:]`, as in TRL and Hugging Face models.
+    /// Default: `true`.
+    #[config(default = true)]
+    pub shift: bool,
+    /// Label value that marks a position as ignored (prompt, padding). Default: `-100`, as in
+    /// PyTorch and TRL. Labels outside `[0, V)` are ignored as well and never used as indices.
+    #[config(default = -100)]
+    pub ignore_index: i64,
+    /// Reduction over the valid tokens of each sequence. Default: [`LogpReduction::Sum`].
+    #[config(default = "LogpReduction::Sum")]
+    pub reduction: LogpReduction,
+    /// Also return the per-token log-probs `[B, T']` (`T' = T − 1` with shift). Default: `false`.
+    #[config(default = false)]
+    pub return_token_logps: bool,
+}
+
+impl SequenceLogpsConfig {
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    /// [`PreferenceError::OutOfRange`] when `LengthPower(α)` has `α < 0` or a non-finite `α`.
+    pub fn init(&self) -> error::Result<SequenceLogps> {
+        if let LogpReduction::LengthPower(alpha) = self.reduction {
+            check::param("alpha", alpha, ">= 0 and finite", |a| a >= 0.0)?;
+        }
+        Ok(SequenceLogps {
+            shift: self.shift,
+            ignore_index: self.ignore_index,
+            reduction: self.reduction,
+            return_token_logps: self.return_token_logps,
+        })
+    }
+}
+
+/// Gathers per-sequence log-probs from logits and labels.
+///
+/// ```text
+/// ℓ_t = z_{t,y_t} − logsumexp_v z_{t,v}      (max-shifted, no log_softmax [B,T,V] built)
+/// S   = Σ_{t valid} ℓ_t,   reduced by Sum | Mean (S/n) | LengthPower(α) (S/n^α)
+/// ```
+///
+/// A token is valid when its label is neither `ignore_index` nor outside `[0, V)` and, if a
+/// mask is given, the mask is 1 there. Invalid tokens contribute exactly 0 and get exactly 0
+/// gradient; a row without valid tokens gives 0 (never NaN) and count 0. The gradient is
+/// `∂ℓ_t/∂z_{t,v} = 1[v = y_t] − softmax(z_t)_v`.
+///
+/// Half-precision logits are cast to `f32` before reducing.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use burn_preference::{SequenceLogpsConfig, LogpReduction};
+///
+/// let device = Device::default();
+/// let logits = Tensor::<3>::zeros([1, 4, 10], &device); // uniform over V = 10
+/// let labels = Tensor::<2, Int>::from_ints([[-100, 3, 7, -100]], &device);
+/// let out = SequenceLogpsConfig::new().init()?.forward(logits, labels)?;
+/// // Shifted: labels [3, 7, -100] → two valid tokens, each −ln 10.
+/// let logp: f32 = out.logps.into_scalar();
+/// assert!((logp + 2.0 * 10f32.ln()).abs() < 1e-5);
+/// # Ok::<(), burn_preference::PreferenceError>(())
+/// ```
+///
+/// # Shapes
+/// - logits: `[B, T, V]`
+/// - labels: `[B, T]` (Int)
+/// - mask (optional): `[B, T]` (Int, 0 or 1)
+/// - output: `logps [B]`, `counts [B]`, `token_logps [B, T']` (`T' = T − 1` with shift)
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SequenceLogps {
+    shift: bool,
+    ignore_index: i64,
+    reduction: LogpReduction,
+    return_token_logps: bool,
+}
+
+/// What [`SequenceLogps`] returns.
+#[derive(Debug, Clone)]
+pub struct SequenceLogpsOutput {
+    /// Reduced log-prob of each sequence `[B]`.
+    pub logps: Tensor<1>,
+    /// Number of valid tokens per sequence `[B]` (exact integers stored as floats).
+    pub counts: Tensor<1>,
+    /// Per-token log-probs `[B, T']`, 0 at invalid positions; only when requested.
+    pub token_logps: Option<Tensor<2>>,
+}
+
+impl SequenceLogps {
+    /// Sequence log-probs of `labels` under `logits`.
+    ///
+    /// # Errors
+    /// See [`forward_masked`](Self::forward_masked).
+    pub fn forward(&self, logits: Tensor<3>, labels: Tensor<2, Int>) -> error::Result<SequenceLogpsOutput> {
+        self.run(logits, labels, None)
+    }
+
+    /// Sequence log-probs with an explicit 0/1 mask `[B, T]` (e.g. a loss mask); a position is
+    /// valid only where the mask is 1 and the label is not ignored.
+    ///
+    /// # Errors
+    /// - [`PreferenceError::Shape`] when a tensor has the wrong shape, incl. `T < 2` with shift.
+    /// - [`PreferenceError::BatchMismatch`] when labels or mask disagree with the logits' `B`.
+    /// - [`PreferenceError::Empty`] for `B = 0`, `T = 0` or `V = 0`.
+    /// - [`PreferenceError::InvalidValue`] when the mask holds a value other than 0 or 1.
+    pub fn forward_masked(
+        &self,
+        logits: Tensor<3>,
+        labels: Tensor<2, Int>,
+        mask: Tensor<2, Int>,
+    ) -> error::Result<SequenceLogpsOutput> {
+        self.run(logits, labels, Some(mask))
+    }
+
+    fn run(
+        &self,
+        logits: Tensor<3>,
+        labels: Tensor<2, Int>,
+        mask: Option<Tensor<2, Int>>,
+    ) -> error::Result<SequenceLogpsOutput> {
+        let [batch, time, vocab] = logits.dims();
+        check::non_empty("logits", batch)?;
+        check::batch("labels", labels.dims()[0], "logits", batch)?;
+        check::shape("labels", labels.dims(), [Some(batch), Some(time)], "[B, T]")?;
+        if time == 0 || vocab == 0 {
+            return Err(PreferenceError::Empty {
+                arg: "logits",
+                detail: format!("need T >= 1 and V >= 1, got T = {time}, V = {vocab}"),
+            });
+        }
+        if self.shift && time < 2 {
+            return Err(PreferenceError::Shape {
+                arg: "logits",
+                expected: "T >= 2 when shift is on".to_string(),
+                actual: vec![batch, time, vocab],
+            });
+        }
+        if let Some(mask) = &mask {
+            check::batch("mask", mask.dims()[0], "logits", batch)?;
+            check::shape("mask", mask.dims(), [Some(batch), Some(time)], "[B, T]")?;
+            check_binary_mask(mask.clone())?;
+        }
+
+        let (logits, labels, mask) = if self.shift {
+            (
+                logits.slice([0..batch, 0..time - 1, 0..vocab]),
+                labels.slice([0..batch, 1..time]),
+                mask.map(|m| m.slice([0..batch, 1..time])),
+            )
+        } else {
+            (logits, labels, mask)
+        };
+
+        let mut valid = labels
+            .clone()
+            .not_equal_elem(self.ignore_index)
+            .bool_and(labels.clone().greater_equal_elem(0))
+            .bool_and(labels.clone().lower_elem(vocab as i64));
+        if let Some(mask) = mask {
+            valid = valid.bool_and(mask.equal_elem(1));
+        }
+        let invalid = valid.clone().bool_not();
+        // Ignored labels are swapped for index 0 so that no gather reads out of bounds.
+        let safe_labels = labels.mask_fill(invalid.clone(), 0);
+
+        let token_logps = token_logps(logits, safe_labels).mask_fill(invalid, 0.0);
+        let counts = valid.float().sum_dim(1).squeeze_dim::<1>(1);
+        let sums = token_logps.clone().sum_dim(1).squeeze_dim::<1>(1);
+        let logps = match self.reduction {
+            LogpReduction::Sum => sums,
+            LogpReduction::Mean => sums.div(counts.clone().clamp_min(1.0)),
+            LogpReduction::LengthPower(alpha) => {
+                sums.div(counts.clone().clamp_min(1.0).powf_scalar(alpha))
+            }
+        };
+        Ok(SequenceLogpsOutput {
+            logps,
+            counts,
+            token_logps: self.return_token_logps.then_some(token_logps),
+        })
+    }
+}
+
+/// Sequence log-probs with the defaults of [`SequenceLogpsConfig`] (shift on, `ignore_index`
+/// −100) and the given reduction: `logits [B, T, V]`, `labels [B, T]` → `[B]`.
+///
+/// # Errors
+/// As [`SequenceLogps::forward_masked`], and [`PreferenceError::OutOfRange`] for `α < 0`.
+pub fn sequence_logps(
+    logits: Tensor<3>,
+    labels: Tensor<2, Int>,
+    reduction: LogpReduction,
+) -> error::Result<Tensor<1>> {
+    let out = SequenceLogpsConfig::new()
+        .with_reduction(reduction)
+        .init()?
+        .forward(logits, labels)?;
+    Ok(out.logps)
+}
+
+/// `ℓ = z_y − m − log Σ_v e^{z_v − m}` per position, `m = max_v z` (detached: the gradient
+/// through `m` cancels exactly, so skipping it saves a pass and keeps `softmax` exact).
+/// Builds a single `[B, T, V]` temporary, `e^{z − m}`.
+fn token_logps(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<2> {
+    let logits = match logits.dtype() {
+        DType::F16 | DType::BF16 => logits.cast(FloatDType::F32),
+        _ => logits,
+    };
+    let max = logits.clone().max_dim(2).detach();
+    let picked = logits.clone().gather(2, labels.unsqueeze_dim::<3>(2));
+    let log_sum_exp = logits.sub(max.clone()).exp().sum_dim(2).log();
+    picked.sub(max).sub(log_sum_exp).squeeze_dim::<2>(2)
+}
+
+fn check_binary_mask(mask: Tensor<2, Int>) -> error::Result<()> {
+    let off = mask
+        .clone()
+        .not_equal_elem(0)
+        .bool_and(mask.clone().not_equal_elem(1))
+        .any();
+    if !check::read_flag("mask", off)? {
+        return Ok(());
+    }
+    let values = check::read_ints("mask", mask)?;
+    let found = values
+        .iter()
+        .find(|v| **v != 0 && **v != 1)
+        .map_or_else(|| "a value other than 0 or 1".to_string(), i64::to_string);
+    Err(PreferenceError::InvalidValue {
+        arg: "mask",
+        expected: "0 or 1",
+        found,
+    })
+}

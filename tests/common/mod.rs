@@ -1,0 +1,54 @@
+//! Shared test harness: the list of devices every test runs on, and small tensor helpers.
+//!
+//! Tests are written once over `devices()`; the device is a parameter, not a copy.
+#![allow(dead_code)]
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// Every backend compiled in: flex and ndarray on CPU, wgpu (a real GPU or the lavapipe CPU
+/// Vulkan driver). A wgpu build without an adapter fails here rather than skipping.
+#[allow(deprecated)] // burn 0.22 marks NdArray deprecated in favour of Flex; we still support it.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    let mut devices = Vec::new();
+    #[cfg(feature = "flex")]
+    devices.push(("flex", Device::flex()));
+    #[cfg(feature = "ndarray")]
+    devices.push(("ndarray", Device::ndarray()));
+    #[cfg(feature = "wgpu")]
+    devices.push(("wgpu", Device::wgpu(Default::default())));
+    assert!(!devices.is_empty(), "enable at least one backend feature");
+    devices
+}
+
+/// The devices with autodiff enabled.
+pub fn autodiff_devices() -> Vec<(&'static str, Device)> {
+    devices()
+        .into_iter()
+        .map(|(name, device)| (name, device.autodiff()))
+        .collect()
+}
+
+pub fn floats<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+pub fn ints<const D: usize>(values: Vec<i64>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+pub fn to_vec<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.try_into_vec_as::<f32>().expect("f32 data")
+}
+
+/// `|a − b| ≤ rel·max(|a|, |b|) + abs`, elementwise, with a message naming the device.
+pub fn assert_close(device: &str, what: &str, actual: &[f32], expected: &[f64], rel: f64, abs: f64) {
+    assert_eq!(actual.len(), expected.len(), "[{device}] {what}: length");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        let a = f64::from(*a);
+        let tol = rel * a.abs().max(e.abs()) + abs;
+        assert!(
+            (a - e).abs() <= tol && a.is_finite() == e.is_finite(),
+            "[{device}] {what}[{i}]: got {a}, expected {e} (tolerance {tol})"
+        );
+    }
+}
