@@ -4,7 +4,7 @@
 //! response, `log π(y|x) = Σ_t log softmax(z_t)[y_t]` over the response's valid tokens.
 
 use burn::config::Config;
-use burn::tensor::{DType, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
 use crate::check;
 use crate::error::{self, PreferenceError};
@@ -143,6 +143,43 @@ impl SequenceLogps {
         labels: Tensor<2, Int>,
         mask: Option<Tensor<2, Int>>,
     ) -> error::Result<SequenceLogpsOutput> {
+        let aligned = self.align(logits, labels, mask)?;
+        let invalid = aligned.valid.clone().bool_not();
+        let token_logps =
+            token_logps(aligned.logits, aligned.safe_labels).mask_fill(invalid, 0.0);
+        let counts = aligned.valid.float().sum_dim(1).squeeze_dim::<1>(1);
+        let sums = token_logps.clone().sum_dim(1).squeeze_dim::<1>(1);
+        let logps = match self.reduction {
+            LogpReduction::Sum => sums,
+            LogpReduction::Mean => sums.div(counts.clone().clamp_min(1.0)),
+            LogpReduction::LengthPower(alpha) => {
+                sums.div(counts.clone().clamp_min(1.0).powf_scalar(alpha))
+            }
+        };
+        Ok(SequenceLogpsOutput {
+            logps,
+            counts,
+            token_logps: self.return_token_logps.then_some(token_logps),
+        })
+    }
+
+    /// Drops the last position's logits when shifting (it predicts no label).
+    pub(crate) fn shift_logits(&self, logits: Tensor<3>) -> Tensor<3> {
+        let [batch, time, vocab] = logits.dims();
+        if self.shift && time > 0 {
+            logits.slice([0..batch, 0..time - 1, 0..vocab])
+        } else {
+            logits
+        }
+    }
+
+    /// Validates the inputs, applies the causal shift and marks the valid positions.
+    pub(crate) fn align(
+        &self,
+        logits: Tensor<3>,
+        labels: Tensor<2, Int>,
+        mask: Option<Tensor<2, Int>>,
+    ) -> error::Result<Aligned> {
         let [batch, time, vocab] = logits.dims();
         check::non_empty("logits", batch)?;
         check::batch("labels", labels.dims()[0], "logits", batch)?;
@@ -166,14 +203,14 @@ impl SequenceLogps {
             check_binary_mask(mask.clone())?;
         }
 
-        let (logits, labels, mask) = if self.shift {
+        let logits = self.shift_logits(logits);
+        let (labels, mask) = if self.shift {
             (
-                logits.slice([0..batch, 0..time - 1, 0..vocab]),
                 labels.slice([0..batch, 1..time]),
                 mask.map(|m| m.slice([0..batch, 1..time])),
             )
         } else {
-            (logits, labels, mask)
+            (labels, mask)
         };
 
         let mut valid = labels
@@ -184,26 +221,24 @@ impl SequenceLogps {
         if let Some(mask) = mask {
             valid = valid.bool_and(mask.equal_elem(1));
         }
-        let invalid = valid.clone().bool_not();
         // Ignored labels are swapped for index 0 so that no gather reads out of bounds.
-        let safe_labels = labels.mask_fill(invalid.clone(), 0);
-
-        let token_logps = token_logps(logits, safe_labels).mask_fill(invalid, 0.0);
-        let counts = valid.float().sum_dim(1).squeeze_dim::<1>(1);
-        let sums = token_logps.clone().sum_dim(1).squeeze_dim::<1>(1);
-        let logps = match self.reduction {
-            LogpReduction::Sum => sums,
-            LogpReduction::Mean => sums.div(counts.clone().clamp_min(1.0)),
-            LogpReduction::LengthPower(alpha) => {
-                sums.div(counts.clone().clamp_min(1.0).powf_scalar(alpha))
-            }
-        };
-        Ok(SequenceLogpsOutput {
-            logps,
-            counts,
-            token_logps: self.return_token_logps.then_some(token_logps),
+        let safe_labels = labels.mask_fill(valid.clone().bool_not(), 0);
+        Ok(Aligned {
+            logits,
+            safe_labels,
+            valid,
         })
     }
+}
+
+/// Logits and labels after the causal shift, with the valid positions marked.
+pub(crate) struct Aligned {
+    /// `[B, T', V]`.
+    pub(crate) logits: Tensor<3>,
+    /// `[B, T']`, every entry a valid index into `V`.
+    pub(crate) safe_labels: Tensor<2, Int>,
+    /// `[B, T']`.
+    pub(crate) valid: Tensor<2, Bool>,
 }
 
 /// Sequence log-probs with the defaults of [`SequenceLogpsConfig`] (shift on, `ignore_index`
@@ -227,14 +262,19 @@ pub fn sequence_logps(
 /// through `m` cancels exactly, so skipping it saves a pass and keeps `softmax` exact).
 /// Builds a single `[B, T, V]` temporary, `e^{z − m}`.
 fn token_logps(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<2> {
-    let logits = match logits.dtype() {
-        DType::F16 | DType::BF16 => logits.cast(FloatDType::F32),
-        _ => logits,
-    };
+    let logits = widen(logits);
     let max = logits.clone().max_dim(2).detach();
     let picked = logits.clone().gather(2, labels.unsqueeze_dim::<3>(2));
     let log_sum_exp = logits.sub(max.clone()).exp().sum_dim(2).log();
     picked.sub(max).sub(log_sum_exp).squeeze_dim::<2>(2)
+}
+
+/// Half-precision logits are reduced in `f32`.
+pub(crate) fn widen<const D: usize>(logits: Tensor<D>) -> Tensor<D> {
+    match logits.dtype() {
+        DType::F16 | DType::BF16 => logits.cast(FloatDType::F32),
+        _ => logits,
+    }
 }
 
 fn check_binary_mask(mask: Tensor<2, Int>) -> error::Result<()> {

@@ -1,0 +1,88 @@
+//! Preference losses (SPEC §3): ΨPO and its named forms DPO and IPO, and RRHF.
+//!
+//! Every loss implements [`PreferenceLoss`]: it takes a [`PreferenceBatch`] of `B` prompts with
+//! `K ≥ 2` candidate responses each and returns a [`PreferenceOutput`] with the reduced loss, the
+//! per-prompt losses and the metrics of SPEC §4.
+//!
+//! | loss | per ordered pair `i ≻ j`, `h = ρ_i − ρ_j` | reference | pick it when |
+//! |---|---|---|---|
+//! | [DPO](DpoConfig) | `softplus(−βh)` (ε-smoothed: cDPO) | yes or free | the default; large data sets |
+//! | [IPO](IpoConfig) | `(h − 1/(2τ))²` | yes or free | deterministic or small data: it cannot overfit |
+//! | [ΨPO](PsiPoConfig) | either, by [`Psi`] | yes or free | choosing Ψ at run time |
+//! | [RRHF](RrhfConfig) | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
+
+pub(crate) mod batch;
+mod dpo;
+mod ipo;
+mod psipo;
+mod rrhf;
+
+pub use batch::PreferenceBatch;
+pub use dpo::DpoConfig;
+pub use ipo::IpoConfig;
+pub use psipo::{Psi, PsiPoConfig, PsiPoLoss};
+pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use crate::error;
+use crate::metrics::PreferenceMetrics;
+
+/// A preference-optimisation loss.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_preference::{DpoConfig, PreferenceBatch, PreferenceLoss};
+///
+/// let device = Device::default();
+/// let f = |v: [f32; 2]| Tensor::<1>::from_floats(v, &device);
+/// // Sequence log-probs of two preference pairs under the policy and the frozen reference.
+/// let batch = PreferenceBatch::pairwise(f([-12.0, -30.5]), f([-14.0, -29.0]))?
+///     .with_pairwise_reference(f([-13.0, -30.0]), f([-13.5, -29.5]))?;
+/// let out = DpoConfig::new().init()?.forward(batch)?;
+/// let loss: f32 = out.loss.into_scalar();
+/// assert!(loss > 0.0);
+/// # Ok::<(), burn_preference::PreferenceError>(())
+/// ```
+pub trait PreferenceLoss {
+    /// Computes the loss and its metrics for one batch.
+    ///
+    /// # Errors
+    /// A [`PreferenceError`](crate::PreferenceError) when the batch lacks an input the loss needs
+    /// (e.g. a reference for a loss that is not reference-free, lengths for RRHF).
+    fn forward(&self, batch: PreferenceBatch) -> error::Result<PreferenceOutput>;
+}
+
+/// What every loss returns.
+#[derive(Debug, Clone)]
+pub struct PreferenceOutput {
+    /// The loss reduced over prompts: `[1]` for [`Reduction::Mean`] and [`Reduction::Sum`],
+    /// `[B]` for [`Reduction::None`]. Call `backward()` on it.
+    pub loss: Tensor<1>,
+    /// The loss of each prompt `[B]` (a prompt's ordered pairs are averaged).
+    pub losses: Tensor<1>,
+    /// Detached metrics (SPEC §4).
+    pub metrics: PreferenceMetrics,
+}
+
+/// How per-prompt losses are reduced over the batch.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// The mean over prompts (the default everywhere).
+    Mean,
+    /// The sum over prompts.
+    Sum,
+    /// No reduction: the per-prompt losses `[B]`.
+    None,
+}
+
+impl Reduction {
+    pub(crate) fn apply(self, losses: Tensor<1>) -> Tensor<1> {
+        match self {
+            Reduction::Mean => losses.mean(),
+            Reduction::Sum => losses.sum(),
+            Reduction::None => losses,
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! ΨPO (Azar et al. 2023): the one implementation behind DPO and IPO.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use super::batch::Ranking;
+use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction};
+use crate::check;
+use crate::error;
+use crate::metrics::PreferenceMetrics;
+use crate::numerics::softplus;
+
+/// The Ψ of ΨPO's objective `max_π E[Ψ(p*(y ≻ y'))] − β·KL(π ‖ π_ref)`.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Psi {
+    /// `Ψ(p) = log(p / (1 − p))`: DPO. Per pair `softplus(−βh)`; on deterministic preferences
+    /// the optimal margin is infinite, so the policy drifts from the reference however large β.
+    Logit,
+    /// `Ψ(p) = p`: IPO. Per pair `(h − 1/(2β))²`; the margin is pulled to the finite target
+    /// `1/(2β)` (β is IPO's τ), so a larger β keeps the policy closer to the reference.
+    Identity,
+}
+
+/// Configuration of [`PsiPoLoss`]; [`DpoConfig`](super::DpoConfig) and
+/// [`IpoConfig`](super::IpoConfig) are its named forms.
+#[derive(Config, Debug)]
+pub struct PsiPoConfig {
+    /// Which Ψ.
+    pub psi: Psi,
+    /// The KL coefficient: DPO's β, IPO's τ. Must be `> 0`. Default: `0.1`.
+    #[config(default = 0.1)]
+    pub beta: f64,
+    /// Label smoothing `ε ∈ [0, 0.5)`: the assumed rate of flipped labels (conservative DPO).
+    /// A pair's label `q` becomes `q(1 − ε) + (1 − q)ε`. Default: `0.0`.
+    #[config(default = 0.0)]
+    pub label_smoothing: f64,
+    /// Train without a reference model (`log π_ref = 0`); any reference in the batch is
+    /// ignored. When `false` a batch without a reference is an error. Default: `false`.
+    #[config(default = false)]
+    pub reference_free: bool,
+    /// Reduction over prompts. Default: [`Reduction::Mean`].
+    #[config(default = "Reduction::Mean")]
+    pub reduction: Reduction,
+}
+
+impl PsiPoConfig {
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    /// [`PreferenceError::OutOfRange`](crate::PreferenceError::OutOfRange) for `β ≤ 0` or
+    /// `ε ∉ [0, 0.5)`.
+    pub fn init(&self) -> error::Result<PsiPoLoss> {
+        let beta_name = match self.psi {
+            Psi::Logit => "beta",
+            Psi::Identity => "tau",
+        };
+        check::param(beta_name, self.beta, "> 0", |b| b > 0.0)?;
+        check::param("label_smoothing", self.label_smoothing, "in [0, 0.5)", |e| {
+            (0.0..0.5).contains(&e)
+        })?;
+        Ok(PsiPoLoss {
+            psi: self.psi,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            reference_free: self.reference_free,
+            reduction: self.reduction,
+        })
+    }
+}
+
+/// ΨPO with identity or logit Ψ, over pairs or ranked lists.
+///
+/// For each ordered pair `i ≻ j` of a prompt, with margin `h = ρ_i − ρ_j`, `ρ = log π − log π_ref`
+/// and preference label `q` (1 unless soft labels or smoothing say otherwise):
+///
+/// ```text
+/// Logit:    q·softplus(−βh) + (1 − q)·softplus(βh)       minimiser βh* = log(q / (1 − q))
+/// Identity: (h − (2q − 1)/(2β))²                          minimiser h*  = (2q − 1)/(2β)
+/// ```
+///
+/// A prompt's loss is the mean over its ordered pairs (ties form none; a prompt whose
+/// candidates all tie contributes 0), so a pairwise batch is the ranked list with `K = 2`.
+/// `softplus` is evaluated stably; results and gradients are finite for `|βh| ≤ 1e4`, and the
+/// logit loss's gradient is bounded by β.
+///
+/// The IPO paper uses sequence *sums* of log-probs and TRL uses length-*averaged* log-probs;
+/// this loss takes whichever `ρ` it is given: choose with
+/// [`LogpReduction`](crate::LogpReduction) (`Sum` or `Mean`) when gathering the log-probs.
+///
+/// Metrics: rewards are `β·ρ` (as in TRL).
+///
+/// # Shapes
+/// - input: a [`PreferenceBatch`] of `B` prompts × `K` candidates
+/// - output: `loss [1]` (or `[B]` for `Reduction::None`), `losses [B]`
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PsiPoLoss {
+    psi: Psi,
+    beta: f64,
+    label_smoothing: f64,
+    reference_free: bool,
+    reduction: Reduction,
+}
+
+impl PsiPoLoss {
+    /// Which Ψ this loss uses.
+    pub fn psi(&self) -> Psi {
+        self.psi
+    }
+
+    /// The KL coefficient (β or τ).
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+
+    /// The per-pair loss of margins `h`, with the preference label `q` broadcast over `h`.
+    fn pair_loss(&self, margins: Tensor<3>, labels: Option<Tensor<3>>) -> Tensor<3> {
+        let eps = self.label_smoothing;
+        match (self.psi, labels) {
+            (Psi::Logit, None) => {
+                let scaled = margins.mul_scalar(self.beta);
+                let forward = softplus(scaled.clone().neg());
+                if eps == 0.0 {
+                    forward
+                } else {
+                    forward
+                        .mul_scalar(1.0 - eps)
+                        .add(softplus(scaled).mul_scalar(eps))
+                }
+            }
+            (Psi::Logit, Some(q)) => {
+                let q = smooth(q, eps);
+                let scaled = margins.mul_scalar(self.beta);
+                let flipped = q.clone().neg().add_scalar(1.0);
+                softplus(scaled.clone().neg())
+                    .mul(q)
+                    .add(softplus(scaled).mul(flipped))
+            }
+            (Psi::Identity, None) => {
+                let target = (1.0 - 2.0 * eps) / (2.0 * self.beta);
+                margins.sub_scalar(target).square()
+            }
+            (Psi::Identity, Some(q)) => {
+                let target = smooth(q, eps)
+                    .mul_scalar(2.0)
+                    .sub_scalar(1.0)
+                    .div_scalar(2.0 * self.beta);
+                margins.sub(target).square()
+            }
+        }
+    }
+
+    fn loss_name(&self) -> &'static str {
+        match self.psi {
+            Psi::Logit => "DPO",
+            Psi::Identity => "IPO",
+        }
+    }
+}
+
+/// `q(1 − ε) + (1 − q)ε = q(1 − 2ε) + ε`.
+fn smooth(q: Tensor<3>, eps: f64) -> Tensor<3> {
+    if eps == 0.0 {
+        q
+    } else {
+        q.mul_scalar(1.0 - 2.0 * eps).add_scalar(eps)
+    }
+}
+
+impl PreferenceLoss for PsiPoLoss {
+    fn forward(&self, batch: PreferenceBatch) -> error::Result<PreferenceOutput> {
+        let ratios = batch.log_ratios(self.loss_name(), self.reference_free)?;
+        let ranking = batch.ranking();
+        let labels = batch.soft_labels.as_ref().map(|q| {
+            let [prompts] = q.dims();
+            q.clone().reshape([prompts, 1, 1])
+        });
+        let pair_losses = self.pair_loss(Ranking::differences(ratios.clone()), labels);
+        let losses = ranking.mean_over_pairs(pair_losses);
+        let rewards = ratios.detach().mul_scalar(self.beta);
+        Ok(PreferenceOutput {
+            loss: self.reduction.apply(losses.clone()),
+            losses,
+            metrics: PreferenceMetrics::from_rewards(rewards, &ranking),
+        })
+    }
+}

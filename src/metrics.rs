@@ -1,0 +1,158 @@
+//! Metrics trainers log (SPEC §4): implicit rewards, margins, preference and ranking
+//! accuracy, and the KL divergence from the reference.
+//!
+//! Names follow TRL's logs: `rewards/chosen`, `rewards/rejected`, `rewards/margins`,
+//! `rewards/accuracies`.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor};
+
+use crate::check;
+use crate::error::Result;
+use crate::loss::batch::Ranking;
+use crate::logps::{SequenceLogps, widen};
+
+/// The metrics returned with every loss; all detached.
+#[derive(Debug, Clone)]
+pub struct PreferenceMetrics {
+    /// Implicit reward of every candidate `[B, K]`: `β·ρ` for ΨPO/DPO/IPO, `p_i` for RRHF.
+    pub rewards: Tensor<2>,
+    /// Reward of the preferred (best-scored) response `[B]` (`rewards/chosen`).
+    pub rewards_chosen: Tensor<1>,
+    /// Reward of the dispreferred (worst-scored) response `[B]` (`rewards/rejected`).
+    pub rewards_rejected: Tensor<1>,
+    /// `rewards_chosen − rewards_rejected` `[B]` (`rewards/margins`).
+    pub margins: Tensor<1>,
+    /// `mean(1[rewards_chosen > rewards_rejected])` `[1]`, strict as in TRL
+    /// (`rewards/accuracies`).
+    pub accuracy: Tensor<1>,
+    /// Fraction of ordered pairs `r_i > r_j` whose rewards are ordered the same way `[1]`
+    /// (equals `accuracy` for pairwise batches).
+    pub ranking_accuracy: Tensor<1>,
+}
+
+impl PreferenceMetrics {
+    pub(crate) fn from_rewards(rewards: Tensor<2>, ranking: &Ranking) -> Self {
+        let rewards = rewards.detach();
+        let rewards_chosen = ranking.at_best(rewards.clone());
+        let rewards_rejected = ranking.at_worst(rewards.clone());
+        let margins = rewards_chosen.clone().sub(rewards_rejected.clone());
+        let accuracy = preference_accuracy(rewards_chosen.clone(), rewards_rejected.clone());
+        let agreed = Ranking::differences(rewards.clone()).greater_elem(0.0).float();
+        let ranking_accuracy = ranking
+            .sum_over_pairs(agreed)
+            .sum()
+            .div(ranking.pairs.clone().sum().clamp_min(1.0));
+        Self {
+            rewards,
+            rewards_chosen,
+            rewards_rejected,
+            margins,
+            accuracy,
+            ranking_accuracy,
+        }
+    }
+}
+
+/// Implicit rewards `β·ρ`, detached.
+pub fn implicit_rewards<const D: usize>(log_ratios: Tensor<D>, beta: f64) -> Tensor<D> {
+    log_ratios.detach().mul_scalar(beta)
+}
+
+/// `mean(1[chosen > rejected])` `[1]`: the strict preference accuracy of TRL.
+pub fn preference_accuracy(rewards_chosen: Tensor<1>, rewards_rejected: Tensor<1>) -> Tensor<1> {
+    rewards_chosen
+        .greater(rewards_rejected)
+        .float()
+        .mean()
+}
+
+/// Fraction of the pairs with `scores_i ≠ scores_j` that `values` order the same way `[1]`
+/// (0 when every score ties).
+///
+/// # Errors
+/// [`PreferenceError::Shape`] when the shapes differ or `K < 2`, [`PreferenceError::Empty`]
+/// for `B = 0`, [`PreferenceError::InvalidValue`] for NaN scores.
+///
+/// # Shapes
+/// - values, scores: `[B, K]`
+pub fn ranking_accuracy(values: Tensor<2>, scores: Tensor<2>) -> Result<Tensor<1>> {
+    let batch = crate::loss::PreferenceBatch::ranked(values, scores)?;
+    let ranking = batch.ranking();
+    Ok(PreferenceMetrics::from_rewards(batch.policy, &ranking).ranking_accuracy)
+}
+
+/// Exact token-level `KL(π ‖ π_ref)` of a batch.
+#[derive(Debug, Clone)]
+pub struct TokenKl {
+    /// Mean per-token KL of each sequence over its valid tokens `[B]` (0 without any).
+    pub per_sequence: Tensor<1>,
+    /// Mean per-token KL over all valid tokens of the batch `[1]`.
+    pub mean: Tensor<1>,
+}
+
+/// Exact per-token `KL(π ‖ π_ref) = Σ_v π_v (log π_v − log π_ref,v)` from policy and reference
+/// logits, averaged over valid tokens with the masking rules of `gatherer` (shift,
+/// `ignore_index`, optional mask). Differentiable in the policy; the reference is detached.
+///
+/// Unlike the log-prob gatherer this builds `[B, T, V]` log-softmax temporaries: it is meant
+/// for logging on evaluation batches.
+///
+/// # Errors
+/// As [`SequenceLogps::forward_masked`], and [`PreferenceError::Shape`] when the two logits
+/// tensors differ in shape.
+///
+/// # Shapes
+/// - policy_logits, reference_logits: `[B, T, V]`
+/// - labels, mask: `[B, T]`
+pub fn token_kl(
+    gatherer: &SequenceLogps,
+    policy_logits: Tensor<3>,
+    reference_logits: Tensor<3>,
+    labels: Tensor<2, Int>,
+    mask: Option<Tensor<2, Int>>,
+) -> Result<TokenKl> {
+    let dims = policy_logits.dims();
+    check::shape(
+        "reference_logits",
+        reference_logits.dims(),
+        dims.map(Some),
+        "the policy logits' shape",
+    )?;
+    let aligned = gatherer.align(policy_logits, labels, mask)?;
+    let log_policy = log_softmax(widen(aligned.logits), 2);
+    let log_reference = log_softmax(widen(gatherer.shift_logits(reference_logits.detach())), 2);
+    let per_token = log_policy
+        .clone()
+        .exp()
+        .mul(log_policy.sub(log_reference))
+        .sum_dim(2)
+        .squeeze_dim::<2>(2)
+        .mask_fill(aligned.valid.clone().bool_not(), 0.0);
+    let counts = aligned.valid.float().sum_dim(1).squeeze_dim::<1>(1);
+    let per_sequence = per_token
+        .clone()
+        .sum_dim(1)
+        .squeeze_dim::<1>(1)
+        .div(counts.clone().clamp_min(1.0));
+    let mean = per_token.sum().div(counts.sum().clamp_min(1.0));
+    Ok(TokenKl { per_sequence, mean })
+}
+
+/// Exact `KL(p ‖ q) = Σ_c p_c (log p_c − log q_c)` of two categorical distributions given as
+/// probability vectors (toy problems, e.g. a policy `softmax(θ)` over a few actions) `[1]`.
+/// Terms with `p_c = 0` contribute 0; `q_c = 0` where `p_c > 0` gives `+∞`, as it should.
+///
+/// # Errors
+/// [`PreferenceError::Shape`] when the lengths differ, [`PreferenceError::Empty`] when 0.
+///
+/// # Shapes
+/// - p, q: `[C]`
+pub fn categorical_kl(p: Tensor<1>, q: Tensor<1>) -> Result<Tensor<1>> {
+    let [classes] = p.dims();
+    check::non_empty("p", classes)?;
+    check::shape("q", q.dims(), [Some(classes)], "[C]")?;
+    let absent = p.clone().equal_elem(0.0);
+    let terms = p.clone().mul(p.log().sub(q.log())).mask_fill(absent, 0.0);
+    Ok(terms.sum())
+}
