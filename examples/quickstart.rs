@@ -32,7 +32,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         &device,
     );
-    let policy_logits = Tensor::<3>::random([batch, time, vocab], Distribution::Normal(0.0, 2.0), &device);
+    let policy_logits = Tensor::<3>::random(
+        [batch, time, vocab],
+        Distribution::Normal(0.0, 2.0),
+        &device,
+    );
     let reference_logits = policy_logits.clone().add(Tensor::random(
         [batch, time, vocab],
         Distribution::Normal(0.0, 0.5),
@@ -55,15 +59,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let pairs = PreferenceBatch::concatenated(policy.logps.clone())?
         .with_concatenated_reference(reference)?;
-    report("DPO (β = 0.1)", DpoConfig::new().init()?.forward(pairs.clone())?);
+    report(
+        "DPO (β = 0.1)",
+        DpoConfig::new().init()?.forward(pairs.clone())?,
+    );
     report(
         "cDPO (β = 0.1, ε = 0.1)",
-        DpoConfig::new().with_label_smoothing(0.1).init()?.forward(pairs.clone())?,
+        DpoConfig::new()
+            .with_label_smoothing(0.1)
+            .init()?
+            .forward(pairs.clone())?,
     );
-    report("IPO (τ = 0.1)", IpoConfig::new().init()?.forward(pairs.clone())?);
+    report(
+        "IPO (τ = 0.1)",
+        IpoConfig::new().init()?.forward(pairs.clone())?,
+    );
     report(
         "ΨPO (identity Ψ, β = 0.5)",
-        PsiPoConfig::new(Psi::Identity).with_beta(0.5).init()?.forward(pairs)?,
+        PsiPoConfig::new(Psi::Identity)
+            .with_beta(0.5)
+            .init()?
+            .forward(pairs)?,
     );
 
     // RRHF ranks K candidates by score: here the two responses of each prompt, K = 2, with
@@ -72,14 +88,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lengths = policy.counts.reshape([2, 2]).transpose();
     let scores = Tensor::<2>::from_floats([[0.9, 0.2], [0.4, 0.7]], &device);
     let ranked = PreferenceBatch::ranked(sums, scores)?.with_lengths(lengths)?;
-    report("RRHF (hinge, α = 1)", RrhfConfig::new().init()?.forward(ranked)?);
+    report(
+        "RRHF (hinge, α = 1)",
+        RrhfConfig::new().init()?.forward(ranked)?,
+    );
     Ok(())
 }
 
 fn report(name: &str, out: PreferenceOutput) {
     let m = &out.metrics;
     println!("{name}");
-    println!("  loss {:.6}   per prompt {}", out.loss.into_scalar::<f32>(), show(&out.losses));
+    println!(
+        "  loss {:.6}   per prompt {}",
+        out.loss.into_scalar::<f32>(),
+        show(&out.losses)
+    );
     println!(
         "  rewards chosen {}  rejected {}  margins {}  accuracy {:.2}",
         show(&m.rewards_chosen),

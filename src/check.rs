@@ -79,7 +79,10 @@ pub(crate) fn param(
 }
 
 /// Reads a float tensor to the host as `f32`.
-pub(crate) fn read_floats<const D: usize>(arg: &'static str, tensor: Tensor<D>) -> Result<Vec<f32>> {
+pub(crate) fn read_floats<const D: usize>(
+    arg: &'static str,
+    tensor: Tensor<D>,
+) -> Result<Vec<f32>> {
     tensor
         .try_into_vec_as::<f32>()
         .map_err(|e| PreferenceError::Read {
@@ -111,7 +114,10 @@ pub(crate) fn read_flag(arg: &'static str, flag: Tensor<1, Bool>) -> Result<bool
 }
 
 /// Rejects NaN entries of a float tensor; the values are read once and returned for reuse.
-pub(crate) fn finite_values<const D: usize>(arg: &'static str, tensor: Tensor<D>) -> Result<Vec<f32>> {
+pub(crate) fn finite_values<const D: usize>(
+    arg: &'static str,
+    tensor: Tensor<D>,
+) -> Result<Vec<f32>> {
     let values = read_floats(arg, tensor)?;
     if let Some(bad) = values.iter().find(|v| v.is_nan()) {
         return Err(PreferenceError::InvalidValue {

@@ -116,7 +116,11 @@ impl SequenceLogps {
     ///
     /// # Errors
     /// See [`forward_masked`](Self::forward_masked).
-    pub fn forward(&self, logits: Tensor<3>, labels: Tensor<2, Int>) -> error::Result<SequenceLogpsOutput> {
+    pub fn forward(
+        &self,
+        logits: Tensor<3>,
+        labels: Tensor<2, Int>,
+    ) -> error::Result<SequenceLogpsOutput> {
         self.run(logits, labels, None)
     }
 
@@ -145,8 +149,7 @@ impl SequenceLogps {
     ) -> error::Result<SequenceLogpsOutput> {
         let aligned = self.align(logits, labels, mask)?;
         let invalid = aligned.valid.clone().bool_not();
-        let token_logps =
-            token_logps(aligned.logits, aligned.safe_labels).mask_fill(invalid, 0.0);
+        let token_logps = token_logps(aligned.logits, aligned.safe_labels).mask_fill(invalid, 0.0);
         let counts = aligned.valid.float().sum_dim(1).squeeze_dim::<1>(1);
         let sums = token_logps.clone().sum_dim(1).squeeze_dim::<1>(1);
         let logps = match self.reduction {

@@ -9,8 +9,8 @@ use burn::tensor::{Int, Tensor};
 
 use crate::check;
 use crate::error::Result;
-use crate::loss::batch::Ranking;
 use crate::logps::{SequenceLogps, widen};
+use crate::loss::batch::Ranking;
 
 /// The metrics returned with every loss; all detached.
 #[derive(Debug, Clone)]
@@ -38,7 +38,9 @@ impl PreferenceMetrics {
         let rewards_rejected = ranking.at_worst(rewards.clone());
         let margins = rewards_chosen.clone().sub(rewards_rejected.clone());
         let accuracy = preference_accuracy(rewards_chosen.clone(), rewards_rejected.clone());
-        let agreed = Ranking::differences(rewards.clone()).greater_elem(0.0).float();
+        let agreed = Ranking::differences(rewards.clone())
+            .greater_elem(0.0)
+            .float();
         let ranking_accuracy = ranking
             .sum_over_pairs(agreed)
             .sum()
@@ -61,10 +63,7 @@ pub fn implicit_rewards<const D: usize>(log_ratios: Tensor<D>, beta: f64) -> Ten
 
 /// `mean(1[chosen > rejected])` `[1]`: the strict preference accuracy of TRL.
 pub fn preference_accuracy(rewards_chosen: Tensor<1>, rewards_rejected: Tensor<1>) -> Tensor<1> {
-    rewards_chosen
-        .greater(rewards_rejected)
-        .float()
-        .mean()
+    rewards_chosen.greater(rewards_rejected).float().mean()
 }
 
 /// Fraction of the pairs with `scores_i ≠ scores_j` that `values` order the same way `[1]`

@@ -65,7 +65,12 @@ pub fn pairwise_log_ratios(
     reference: Option<(Tensor<1>, Tensor<1>)>,
 ) -> Result<PairwiseRatios> {
     let [batch] = policy_chosen.dims();
-    check::batch("policy_rejected", policy_rejected.dims()[0], "policy_chosen", batch)?;
+    check::batch(
+        "policy_rejected",
+        policy_rejected.dims()[0],
+        "policy_chosen",
+        batch,
+    )?;
     let (ref_chosen, ref_rejected) = reference.unzip();
     if let Some(r) = &ref_chosen {
         check::batch("reference_chosen", r.dims()[0], "policy_chosen", batch)?;

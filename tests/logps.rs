@@ -68,7 +68,14 @@ fn naive(case: &Case) -> Naive {
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (1usize..=4, 2usize..=8, 2usize..=50, any::<bool>(), 0usize..4, any::<bool>())
+    (
+        1usize..=4,
+        2usize..=8,
+        2usize..=50,
+        any::<bool>(),
+        0usize..4,
+        any::<bool>(),
+    )
         .prop_flat_map(|(b, t, v, shift, reduction, masked)| {
             let logits = prop::collection::vec(-8.0f32..8.0, b * t * v);
             // -100 (ignored) about one time in five, out-of-range labels now and then.
@@ -80,13 +87,15 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 1 => Just(LogpReduction::Mean).boxed(),
                 _ => (0.0f64..2.0).prop_map(LogpReduction::LengthPower).boxed(),
             };
-            (logits, labels, mask, reduction).prop_map(move |(logits, labels, mask, reduction)| Case {
-                dims: [b, t, v],
-                logits,
-                labels,
-                mask: masked.then_some(mask),
-                shift,
-                reduction,
+            (logits, labels, mask, reduction).prop_map(move |(logits, labels, mask, reduction)| {
+                Case {
+                    dims: [b, t, v],
+                    logits,
+                    labels,
+                    mask: masked.then_some(mask),
+                    shift,
+                    reduction,
+                }
             })
         })
 }
@@ -129,11 +138,22 @@ fn uniform_logits_give_minus_n_ln_v() {
     // SPEC §5: V = 32000, 5 valid tokens → −5 ln 32000 = −51.867456.
     for (name, device) in devices() {
         let logits = Tensor::<3>::full([1, 6, 32000], 0.25, &device);
-        let labels = ints(vec![-100, 17, 31999, 0, -100, 4, 5], [1, 7], &device)
-            .slice([0..1, 1..7]);
-        let out = SequenceLogpsConfig::new().init().unwrap().forward(logits, labels).unwrap();
+        let labels =
+            ints(vec![-100, 17, 31999, 0, -100, 4, 5], [1, 7], &device).slice([0..1, 1..7]);
+        let out = SequenceLogpsConfig::new()
+            .init()
+            .unwrap()
+            .forward(logits, labels)
+            .unwrap();
         // Shifted labels [31999, 0, -100, 4, 5]: 4 valid tokens; add the unshifted 6-token case.
-        assert_close(name, "4 tokens", &to_vec(out.logps), &[-4.0 * 32000f64.ln()], 1e-6, 0.0);
+        assert_close(
+            name,
+            "4 tokens",
+            &to_vec(out.logps),
+            &[-4.0 * 32000f64.ln()],
+            1e-6,
+            0.0,
+        );
         let logits = Tensor::<3>::zeros([1, 5, 32000], &device);
         let labels = ints(vec![1, 2, 3, 4, 5], [1, 5], &device);
         let logp = SequenceLogpsConfig::new()
@@ -150,7 +170,9 @@ fn uniform_logits_give_minus_n_ln_v() {
 #[test]
 fn adding_a_constant_to_one_position_changes_nothing() {
     let (b, t, v) = (2, 5, 7);
-    let base: Vec<f32> = (0..b * t * v).map(|i| ((i * 37 % 23) as f32 - 11.0) / 3.0).collect();
+    let base: Vec<f32> = (0..b * t * v)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 3.0)
+        .collect();
     let mut shifted = base.clone();
     for k in 0..v {
         shifted[(t + 2) * v + k] += 1000.0; // row 1, position 2
@@ -167,14 +189,23 @@ fn adding_a_constant_to_one_position_changes_nothing() {
             to_vec(out)
         };
         let expected: Vec<f64> = logp(base.clone()).into_iter().map(f64::from).collect();
-        assert_close(name, "shift invariance", &logp(shifted.clone()), &expected, 1e-5, 1e-5);
+        assert_close(
+            name,
+            "shift invariance",
+            &logp(shifted.clone()),
+            &expected,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
 /// Logits and labels where row 1 is entirely ignored.
 fn gradient_case() -> ([usize; 3], Vec<f32>, Vec<i64>) {
     let dims = [2, 4, 6];
-    let logits = (0..48).map(|i| ((i * 29 % 17) as f32 - 8.0) / 2.5).collect();
+    let logits = (0..48)
+        .map(|i| ((i * 29 % 17) as f32 - 8.0) / 2.5)
+        .collect();
     let labels = vec![0, 5, -100, 2, -100, -100, -100, -100];
     (dims, logits, labels)
 }
@@ -198,7 +229,9 @@ fn gradient_is_onehot_minus_softmax_and_zero_when_ignored() {
                 if label < 0 {
                     continue;
                 }
-                let z: Vec<f64> = (0..v).map(|k| f64::from(logits[(row * t + step) * v + k])).collect();
+                let z: Vec<f64> = (0..v)
+                    .map(|k| f64::from(logits[(row * t + step) * v + k]))
+                    .collect();
                 let total: f64 = z.iter().map(|x| x.exp()).sum();
                 for k in 0..v {
                     let onehot = if k as i64 == label { 1.0 } else { 0.0 };
@@ -208,7 +241,10 @@ fn gradient_is_onehot_minus_softmax_and_zero_when_ignored() {
         }
         assert_close(name, "d logp / d logits", &grad, &expected, 1e-5, 1e-6);
         // The all-ignored row and the last position (no next label) get exactly zero.
-        assert!(grad[t * v..].iter().all(|g| *g == 0.0), "[{name}] ignored row gradient");
+        assert!(
+            grad[t * v..].iter().all(|g| *g == 0.0),
+            "[{name}] ignored row gradient"
+        );
     }
 }
 
@@ -229,7 +265,10 @@ fn gradient_agrees_with_central_finite_differences() {
         let grad = to_vec(x.grad(&loss.backward()).unwrap());
         let eval = |values: Vec<f32>| -> f64 {
             let out = gatherer
-                .forward(floats(values, [b, t, v], &device), ints(labels.clone(), [b, t], &device))
+                .forward(
+                    floats(values, [b, t, v], &device),
+                    ints(labels.clone(), [b, t], &device),
+                )
                 .unwrap();
             f64::from(out.logps.sum().into_scalar::<f32>())
         };
@@ -239,7 +278,14 @@ fn gradient_agrees_with_central_finite_differences() {
             up[i] += step;
             down[i] -= step;
             let numeric = (eval(up) - eval(down)) / (2.0 * f64::from(step));
-            assert_close(name, "finite difference", &grad[i..=i], &[numeric], 1e-2, 2e-4);
+            assert_close(
+                name,
+                "finite difference",
+                &grad[i..=i],
+                &[numeric],
+                1e-2,
+                2e-4,
+            );
         }
     }
 }
@@ -251,19 +297,34 @@ fn all_ignored_row_is_zero_and_extreme_logits_stay_finite() {
         .map(|i| if i % 3 == 0 { 1e4 } else { -1e4 })
         .collect();
     let labels = vec![-100, 1, 2, 3, -100, -100, -100, -100];
-    for reduction in [LogpReduction::Sum, LogpReduction::Mean, LogpReduction::LengthPower(0.5)] {
-        let gatherer = SequenceLogpsConfig::new().with_reduction(reduction).init().unwrap();
+    for reduction in [
+        LogpReduction::Sum,
+        LogpReduction::Mean,
+        LogpReduction::LengthPower(0.5),
+    ] {
+        let gatherer = SequenceLogpsConfig::new()
+            .with_reduction(reduction)
+            .init()
+            .unwrap();
         for (name, device) in autodiff_devices() {
             let x = floats(logits.clone(), [b, t, v], &device).require_grad();
-            let out = gatherer.forward(x.clone(), ints(labels.clone(), [b, t], &device)).unwrap();
+            let out = gatherer
+                .forward(x.clone(), ints(labels.clone(), [b, t], &device))
+                .unwrap();
             let counts = to_vec(out.counts);
             assert_eq!(counts, vec![3.0, 0.0], "[{name}] counts");
             let logps = to_vec(out.logps.clone());
             assert!(logps.iter().all(|x| x.is_finite()), "[{name}] {logps:?}");
             assert_eq!(logps[1], 0.0, "[{name}] all-ignored row");
             let grad = to_vec(x.grad(&out.logps.sum().backward()).unwrap());
-            assert!(grad.iter().all(|g| g.is_finite()), "[{name}] gradient not finite");
-            assert!(grad[t * v..].iter().all(|g| *g == 0.0), "[{name}] ignored row gradient");
+            assert!(
+                grad.iter().all(|g| g.is_finite()),
+                "[{name}] gradient not finite"
+            );
+            assert!(
+                grad[t * v..].iter().all(|g| *g == 0.0),
+                "[{name}] ignored row gradient"
+            );
         }
     }
 }
@@ -277,7 +338,9 @@ fn half_precision_logits_are_reduced_in_f32() {
             continue;
         }
         let (b, t, v) = (2, 3, 40);
-        let values: Vec<f32> = (0..b * t * v).map(|i| ((i * 13 % 31) as f32 - 15.0) / 4.0).collect();
+        let values: Vec<f32> = (0..b * t * v)
+            .map(|i| ((i * 13 % 31) as f32 - 15.0) / 4.0)
+            .collect();
         let half: Vec<f16> = values.iter().map(|x| f16::from_f32(*x)).collect();
         let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F16);
         let logits = Tensor::<3>::from_data(TensorData::new(half.clone(), [b, t, v]), options);
@@ -291,13 +354,23 @@ fn half_precision_logits_are_reduced_in_f32() {
             shift: true,
             reduction: LogpReduction::Sum,
         };
-        let out = sequence_logps(logits, ints(labels, [b, t], &device), LogpReduction::Sum).unwrap();
+        let out =
+            sequence_logps(logits, ints(labels, [b, t], &device), LogpReduction::Sum).unwrap();
         assert_eq!(out.dtype(), DType::F32, "[{name}] output dtype");
-        assert_close(name, "f16 logps", &to_vec(out), &naive(&case).logps, 1e-5, 1e-5);
+        assert_close(
+            name,
+            "f16 logps",
+            &to_vec(out),
+            &naive(&case).logps,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
-fn error_of(result: burn_preference::Result<burn_preference::SequenceLogpsOutput>) -> PreferenceError {
+fn error_of(
+    result: burn_preference::Result<burn_preference::SequenceLogpsOutput>,
+) -> PreferenceError {
     result.expect_err("bad input must be an error")
 }
 
@@ -308,18 +381,37 @@ fn bad_inputs_get_typed_errors() {
         let logits = Tensor::<3>::zeros([2, 4, 5], &device);
         let labels = Tensor::<2, Int>::zeros([2, 4], &device);
 
-        let err = error_of(gatherer.forward(logits.clone(), Tensor::<2, Int>::zeros([3, 4], &device)));
+        let err =
+            error_of(gatherer.forward(logits.clone(), Tensor::<2, Int>::zeros([3, 4], &device)));
         assert!(
-            matches!(err, PreferenceError::BatchMismatch { arg: "labels", expected: 2, actual: 3, .. }),
+            matches!(
+                err,
+                PreferenceError::BatchMismatch {
+                    arg: "labels",
+                    expected: 2,
+                    actual: 3,
+                    ..
+                }
+            ),
             "[{name}] {err}"
         );
-        let err = error_of(gatherer.forward(logits.clone(), Tensor::<2, Int>::zeros([2, 3], &device)));
-        assert!(matches!(err, PreferenceError::Shape { arg: "labels", .. }), "[{name}] {err}");
-        assert!(err.to_string().contains("[2, 3]"), "[{name}] message names the shape: {err}");
+        let err =
+            error_of(gatherer.forward(logits.clone(), Tensor::<2, Int>::zeros([2, 3], &device)));
+        assert!(
+            matches!(err, PreferenceError::Shape { arg: "labels", .. }),
+            "[{name}] {err}"
+        );
+        assert!(
+            err.to_string().contains("[2, 3]"),
+            "[{name}] message names the shape: {err}"
+        );
 
         let mask = Tensor::<2, Int>::zeros([1, 4], &device);
         let err = error_of(gatherer.forward_masked(logits.clone(), labels.clone(), mask));
-        assert!(matches!(err, PreferenceError::BatchMismatch { arg: "mask", .. }), "[{name}] {err}");
+        assert!(
+            matches!(err, PreferenceError::BatchMismatch { arg: "mask", .. }),
+            "[{name}] {err}"
+        );
         let mask = ints(vec![1, 1, 0, 2, 1, 1, 1, 1], [2, 4], &device);
         let err = error_of(gatherer.forward_masked(logits.clone(), labels.clone(), mask));
         assert!(
@@ -329,15 +421,24 @@ fn bad_inputs_get_typed_errors() {
 
         let short = Tensor::<3>::zeros([2, 1, 5], &device);
         let err = error_of(gatherer.forward(short, Tensor::<2, Int>::zeros([2, 1], &device)));
-        assert!(matches!(err, PreferenceError::Shape { arg: "logits", .. }), "[{name}] {err}");
+        assert!(
+            matches!(err, PreferenceError::Shape { arg: "logits", .. }),
+            "[{name}] {err}"
+        );
 
         let empty = Tensor::<3>::zeros([0, 4, 5], &device);
         let err = error_of(gatherer.forward(empty, Tensor::<2, Int>::zeros([0, 4], &device)));
-        assert!(matches!(err, PreferenceError::Empty { arg: "logits", .. }), "[{name}] {err}");
+        assert!(
+            matches!(err, PreferenceError::Empty { arg: "logits", .. }),
+            "[{name}] {err}"
+        );
     }
     let err = SequenceLogpsConfig::new()
         .with_reduction(LogpReduction::LengthPower(-0.5))
         .init()
         .unwrap_err();
-    assert!(matches!(err, PreferenceError::OutOfRange { name: "alpha", .. }), "{err}");
+    assert!(
+        matches!(err, PreferenceError::OutOfRange { name: "alpha", .. }),
+        "{err}"
+    );
 }

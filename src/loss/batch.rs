@@ -189,7 +189,12 @@ impl PreferenceBatch {
     fn check_candidates(&self, arg: &'static str, tensor: &Tensor<2>) -> Result<()> {
         let [batch, candidates] = self.policy.dims();
         check::batch(arg, tensor.dims()[0], "policy", batch)?;
-        check::shape(arg, tensor.dims(), [Some(batch), Some(candidates)], "[B, K]")
+        check::shape(
+            arg,
+            tensor.dims(),
+            [Some(batch), Some(candidates)],
+            "[B, K]",
+        )
     }
 }
 
@@ -282,7 +287,5 @@ impl Ranking {
 
 fn pick(values: Tensor<2>, index: Tensor<1, Int>) -> Tensor<1> {
     let [batch] = index.dims();
-    values
-        .gather(1, index.reshape([batch, 1]))
-        .reshape([batch])
+    values.gather(1, index.reshape([batch, 1])).reshape([batch])
 }

@@ -55,9 +55,12 @@ impl PsiPoConfig {
             Psi::Identity => "tau",
         };
         check::param(beta_name, self.beta, "> 0", |b| b > 0.0)?;
-        check::param("label_smoothing", self.label_smoothing, "in [0, 0.5)", |e| {
-            (0.0..0.5).contains(&e)
-        })?;
+        check::param(
+            "label_smoothing",
+            self.label_smoothing,
+            "in [0, 0.5)",
+            |e| (0.0..0.5).contains(&e),
+        )?;
         Ok(PsiPoLoss {
             psi: self.psi,
             beta: self.beta,

@@ -108,10 +108,7 @@ impl PreferenceLoss for RrhfLoss {
             RankLoss::Hinge => ranking.sum_over_pairs(violations.clamp_min(0.0)),
             RankLoss::Logistic => ranking.mean_over_pairs(softplus(violations)),
         };
-        let fine_tune = ranking
-            .at_best(sums)
-            .div(ranking.at_best(lengths))
-            .neg();
+        let fine_tune = ranking.at_best(sums).div(ranking.at_best(lengths)).neg();
         let losses = rank
             .mul_scalar(self.rank_weight)
             .add(fine_tune.mul_scalar(self.ft_weight));

@@ -32,7 +32,11 @@ pub fn floats<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Devi
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-pub fn ints<const D: usize>(values: Vec<i64>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
+pub fn ints<const D: usize>(
+    values: Vec<i64>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D, Int> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
@@ -41,7 +45,14 @@ pub fn to_vec<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
 }
 
 /// `|a − b| ≤ rel·max(|a|, |b|) + abs`, elementwise, with a message naming the device.
-pub fn assert_close(device: &str, what: &str, actual: &[f32], expected: &[f64], rel: f64, abs: f64) {
+pub fn assert_close(
+    device: &str,
+    what: &str,
+    actual: &[f32],
+    expected: &[f64],
+    rel: f64,
+    abs: f64,
+) {
     assert_eq!(actual.len(), expected.len(), "[{device}] {what}: length");
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
         let a = f64::from(*a);
