@@ -115,7 +115,7 @@ pub fn split_concatenated<const D: usize>(
 ) -> Result<(Tensor<D>, Tensor<D>)> {
     let rows = tensor.dims()[0];
     check::non_empty(arg, rows)?;
-    if rows % 2 != 0 {
+    if !rows.is_multiple_of(2) {
         return Err(PreferenceError::Shape {
             arg,
             expected: "an even number of rows [2B, ...] (chosen first, then rejected)".to_string(),

@@ -7,7 +7,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Every backend compiled in: flex and ndarray on CPU, wgpu (a real GPU or the lavapipe CPU
 /// Vulkan driver). A wgpu build without an adapter fails here rather than skipping.
-#[allow(deprecated)] // burn 0.22 marks NdArray deprecated in favour of Flex; we still support it.
+// burn 0.22 marks NdArray deprecated in favour of Flex; we still support it. The pushes are
+// behind features, so they cannot be a `vec![]` literal.
+#[allow(deprecated, clippy::vec_init_then_push)]
 pub fn devices() -> Vec<(&'static str, Device)> {
     let mut devices = Vec::new();
     #[cfg(feature = "flex")]
