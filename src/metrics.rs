@@ -70,8 +70,9 @@ pub fn preference_accuracy(rewards_chosen: Tensor<1>, rewards_rejected: Tensor<1
 /// (0 when every score ties).
 ///
 /// # Errors
-/// [`PreferenceError::Shape`] when the shapes differ or `K < 2`, [`PreferenceError::Empty`]
-/// for `B = 0`, [`PreferenceError::InvalidValue`] for NaN scores.
+/// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the shapes differ or
+/// `K < 2`, [`PreferenceError::Empty`](crate::PreferenceError::Empty) for `B = 0`,
+/// [`PreferenceError::InvalidValue`](crate::PreferenceError::InvalidValue) for NaN scores.
 ///
 /// # Shapes
 /// - values, scores: `[B, K]`
@@ -98,7 +99,8 @@ pub struct TokenKl {
 /// for logging on evaluation batches.
 ///
 /// # Errors
-/// As [`SequenceLogps::forward_masked`], and [`PreferenceError::Shape`] when the two logits
+/// As [`SequenceLogps::forward_masked`], and
+/// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the two logits
 /// tensors differ in shape.
 ///
 /// # Shapes
@@ -143,7 +145,8 @@ pub fn token_kl(
 /// Terms with `p_c = 0` contribute 0; `q_c = 0` where `p_c > 0` gives `+∞`, as it should.
 ///
 /// # Errors
-/// [`PreferenceError::Shape`] when the lengths differ, [`PreferenceError::Empty`] when 0.
+/// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the lengths differ,
+/// [`PreferenceError::Empty`](crate::PreferenceError::Empty) when 0.
 ///
 /// # Shapes
 /// - p, q: `[C]`
