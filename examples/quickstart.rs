@@ -5,14 +5,19 @@
 //! cargo run --example quickstart --features wgpu -- --device wgpu  # GPU
 //! ```
 
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+#[allow(dead_code)] // shared by the examples; this one reads only `--device`
+#[path = "common/args.rs"]
+mod args;
+
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burn_preference::{
     DpoConfig, IpoConfig, LogpReduction, PreferenceBatch, PreferenceLoss, PreferenceOutput, Psi,
     PsiPoConfig, RrhfConfig, SequenceLogpsConfig, concatenated_log_ratios,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let device = pick_device(std::env::args().skip(1).collect())?;
+    let device =
+        args::Flags::parse("quickstart [--device flex|ndarray|wgpu]", &["device"])?.device()?;
     device.seed(7);
     println!("device: {device:?}\n");
 
@@ -116,25 +121,4 @@ fn show(tensor: &Tensor<1>) -> String {
     let values: Vec<f32> = tensor.clone().try_into_vec_as().unwrap_or_default();
     let items: Vec<String> = values.iter().map(|v| format!("{v:.4}")).collect();
     format!("[{}]", items.join(", "))
-}
-
-/// `--device flex|ndarray|wgpu`; the default is the CPU backend `flex`.
-#[allow(deprecated)] // NdArray is deprecated in burn 0.22 but still supported here.
-fn pick_device(args: Vec<String>) -> Result<Device, String> {
-    let name = match args.as_slice() {
-        [] => "flex",
-        [flag, name] if flag == "--device" => name.as_str(),
-        _ => return Err("usage: quickstart [--device flex|ndarray|wgpu]".into()),
-    };
-    match name {
-        #[cfg(feature = "flex")]
-        "flex" => Ok(Device::flex()),
-        #[cfg(feature = "ndarray")]
-        "ndarray" => Ok(Device::ndarray()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(Default::default())),
-        other => Err(format!(
-            "device `{other}` is not available: build with `--features {other}`"
-        )),
-    }
 }
