@@ -23,6 +23,9 @@
 mod args;
 #[path = "common/plot.rs"]
 mod plot;
+#[allow(dead_code)]
+#[path = "common/rng.rs"]
+mod rng;
 #[path = "common/toy.rs"]
 mod toy;
 

@@ -3,6 +3,9 @@
 
 mod common;
 #[allow(dead_code)]
+#[path = "../examples/common/rng.rs"]
+mod rng;
+#[allow(dead_code)]
 #[path = "../examples/common/toy.rs"]
 mod toy;
 

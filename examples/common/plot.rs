@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 /// One line of a panel.
+#[derive(Clone)]
 pub struct Line {
     pub label: String,
     pub color: RGBColor,

@@ -13,6 +13,8 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_preference::{DpoConfig, IpoConfig, PreferenceBatch, PreferenceLoss};
 
+use super::rng::SplitMix64;
+
 /// The preference pairs of D1 as `(winner, loser)` action indices.
 pub const D1: [(usize, usize); 3] = [(0, 1), (1, 2), (0, 2)];
 
@@ -141,17 +143,4 @@ fn probabilities(policy: &Policy) -> Result<[f64; 3], Box<dyn Error>> {
         .try_into_vec_as::<f32>()
         .map_err(|e| format!("reading the policy: {e:?}"))?;
     Ok([0, 1, 2].map(|i| f64::from(values[i])))
-}
-
-/// A small seeded generator (SplitMix64), so runs repeat without a `rand` dependency.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
 }
