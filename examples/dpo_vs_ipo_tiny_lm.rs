@@ -320,8 +320,8 @@ impl Evaluator {
         let pairs = HELD_OUT_PROMPTS;
         let policy = response_logps(model, &self.gatherer, &self.held_out, device)?.detach();
         let accuracy = |values: Tensor<1>| {
-            let chosen = values.clone().slice([0..pairs]);
-            let rejected = values.slice([pairs..2 * pairs]);
+            let chosen = values.clone().narrow(0, 0, pairs);
+            let rejected = values.narrow(0, pairs, pairs);
             f64::from(chosen.greater(rejected).float().mean().into_scalar::<f32>())
         };
         let policy_accuracy = accuracy(policy.clone());
