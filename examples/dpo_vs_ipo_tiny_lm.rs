@@ -21,7 +21,8 @@
 //! cargo run --release --example dpo_vs_ipo_tiny_lm --features wgpu -- --device wgpu
 //! ```
 //!
-//! Prints a table at the end; with `--out DIR` writes `DIR/dpo_vs_ipo_tiny_lm.png`.
+//! Prints the curves every 50 steps and a table of the final values; with `--out DIR` writes
+//! `DIR/dpo_vs_ipo_tiny_lm.png`.
 
 #[allow(dead_code)] // shared by the examples
 #[path = "common/args.rs"]
@@ -58,6 +59,8 @@ const HELD_OUT_PROMPTS: usize = 128;
 const BATCH: usize = 32;
 const FLIP_RATE: f64 = 0.2;
 const SFT_STEPS: usize = 150;
+/// Held-out evaluation every this many steps.
+const EVAL_EVERY: usize = 10;
 
 /// Token and position embeddings, an MLP over `[h_t, h_{t−1}]` with a residual, an LM head.
 #[derive(Module, Debug)]
@@ -253,7 +256,8 @@ fn make_data(seed: u64) -> Data {
     }
 }
 
-/// Fits the reference briefly on rule-following sequences (mean token NLL).
+/// Fits the reference briefly (mean token NLL) on sequences that keep or switch the step
+/// equally often, so it starts without a preference for the rule.
 fn fit_reference(data: &Data, steps: usize, device: &Device) -> Result<TinyLm, Box<dyn Error>> {
     let mut model = TinyLm::new(device);
     let mut optimizer = AdamConfig::new().init();
@@ -384,7 +388,7 @@ fn train(
     };
     let pairs = TRAIN_PROMPTS;
     for step in 0..=steps {
-        if step % 10 == 0 {
+        if step % EVAL_EVERY == 0 || step == steps {
             history.push(evaluator.evaluate(step, &model, device)?);
         }
         if step == steps {
@@ -489,6 +493,24 @@ fn main() -> Result<(), Box<dyn Error>> {
         results.push((method, history));
     }
     bar.finish_and_clear();
+
+    // The curves behind the plot, every 50 steps: reward accuracy / policy accuracy / KL.
+    print!("\n| step |");
+    for (method, _) in &results {
+        print!(" {} |", method.name());
+    }
+    println!("\n|---|{}", "---|".repeat(results.len()));
+    for row in (0..results[0].1.len()).step_by(50 / EVAL_EVERY) {
+        print!("| {} |", results[0].1[row].step);
+        for (_, history) in &results {
+            let p = history[row];
+            print!(
+                " {:.3} / {:.3} / {:.4} |",
+                p.reward_accuracy, p.policy_accuracy, p.kl
+            );
+        }
+        println!();
+    }
 
     println!("\n| loss | reward accuracy | policy accuracy | per-token KL(π‖π_ref) |");
     println!("|---|---|---|---|");

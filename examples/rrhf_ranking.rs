@@ -60,7 +60,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     device.seed(seed);
     let candidates = make_candidates(&device)?;
 
-    println!("RRHF, {PROMPTS} prompts × {CANDIDATES} candidates, scores favour long responses\n");
+    println!("RRHF, {PROMPTS} prompts × {CANDIDATES} candidates, scores favour long responses");
+    println!(
+        "rank acc: share of candidate pairs that p = S/n^α orders as the scores do; mean length\n\
+         of the candidate ranked first by p (top-p), by the summed log-prob S (top-S), and by\n\
+         the score (best)\n"
+    );
     println!(
         "{:<22} {:>6} {:>9} {:>9} {:>13} {:>13} {:>12}",
         "variant", "step", "loss", "rank acc", "top-p length", "top-S length", "best length"

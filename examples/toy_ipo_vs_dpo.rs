@@ -12,9 +12,11 @@
 //! cargo run --release --example toy_ipo_vs_dpo --features wgpu -- --device wgpu --steps 2000
 //! ```
 //!
-//! Batches draw their 9 pairs uniformly from D1, as in the paper; `--sampling balanced` puts
-//! every pair of D1 in each batch equally often instead, which removes the minibatch jitter
-//! (about ±0.01 in probability with Adam at learning rate 0.01).
+//! Each batch of 9 holds every pair of D1 three times (`--sampling balanced`, the default), so
+//! every step follows the gradient of the equally weighted objective and the final IPO
+//! probabilities land on the closed form. `--sampling uniform` draws the 9 pairs independently
+//! instead: the same objective in expectation, but Adam at learning rate 0.01 then jitters
+//! around the optimum by up to about ±0.015 in probability.
 //!
 //! Prints one JSON line per run, `{"loss":"ipo","tau":0.5,"steps":18000,"probs":[..]}`; with
 //! `--out DIR` also writes `DIR/toy_ipo_vs_dpo.png`, one panel per τ.
@@ -36,7 +38,7 @@ use plot::{COLORS, Line, Panel};
 use toy::{ToyLoss, ToySetup};
 
 const USAGE: &str = "toy_ipo_vs_dpo [--loss ipo|dpo] [--tau X] [--steps N] [--seed S] [--out DIR] \
-                     [--sampling uniform|balanced] [--device flex|ndarray|wgpu]";
+                     [--sampling balanced|uniform] [--device flex|ndarray|wgpu]";
 
 fn main() -> Result<(), Box<dyn Error>> {
     let flags = args::Flags::parse(
@@ -53,10 +55,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     };
     let balanced = match flags.text("sampling") {
-        None | Some("uniform") => false,
-        Some("balanced") => true,
+        None | Some("balanced") => true,
+        Some("uniform") => false,
         Some(other) => {
-            return Err(format!("--sampling {other}: expected uniform or balanced").into());
+            return Err(format!("--sampling {other}: expected balanced or uniform").into());
         }
     };
     let taus = match flags.value::<f64>("tau")? {

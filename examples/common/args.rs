@@ -14,6 +14,15 @@ impl Flags {
     /// Parses the process arguments; `allowed` lists the flag names without `--`.
     pub fn parse(usage: &'static str, allowed: &[&str]) -> Result<Self, String> {
         let args: Vec<String> = std::env::args().skip(1).collect();
+        Self::parse_from(usage, allowed, &args)
+    }
+
+    /// Parses `args` (flags only, no positional arguments).
+    pub fn parse_from(
+        usage: &'static str,
+        allowed: &[&str],
+        args: &[String],
+    ) -> Result<Self, String> {
         let mut pairs = Vec::new();
         for chunk in args.chunks(2) {
             match chunk {
