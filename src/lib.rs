@@ -33,6 +33,7 @@
 
 mod check;
 pub mod error;
+mod fused;
 pub mod logps;
 pub mod loss;
 pub mod metrics;

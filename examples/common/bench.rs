@@ -26,15 +26,6 @@ impl Workload {
         }
     }
 
-    /// The same inputs on another device (e.g. its autodiff form).
-    pub fn to(&self, device: &Device) -> Self {
-        Self {
-            logits: Tensor::from_data(self.logits.to_data(), device),
-            labels: Tensor::from_data(self.labels.to_data(), device),
-            reference: Tensor::from_data(self.reference.to_data(), device),
-        }
-    }
-
     /// The DPO loss through the crate's public path; waits for the result.
     pub fn forward(&self) -> Result<f32, Box<dyn Error>> {
         Ok(dpo_loss(self.logits.clone(), self)?.into_scalar::<f32>())

@@ -1,0 +1,92 @@
+//! Glue between the CPU backends' primitives and the slice kernels of [`super::kernel`].
+//!
+//! Only `f32` logits take the kernels; anything else (e.g. `f64`), a failed read of the small
+//! `[N]` tensors, or a shape that does not match goes to the composed path.
+
+use burn::backend::{
+    Backend, DType, TensorData, TensorMetadata, read_sync,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn::tensor::Shape;
+
+use super::composed::{self, dims2};
+use super::{RowStats, kernel};
+
+/// A CPU backend whose float primitive can lend its storage as an `f32` slice.
+pub(crate) trait HostF32: Backend {
+    /// Calls `f` with the row-major `f32` contents of `tensor` (zero-copy when contiguous,
+    /// copied once otherwise); `None` when the tensor is not `f32`.
+    fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> Option<R>;
+}
+
+fn read_i64<B: Backend>(tensor: IntTensor<B>) -> Option<Vec<i64>> {
+    let data = read_sync(B::int_into_data(tensor)).ok()?;
+    Some(data.iter::<i64>().collect())
+}
+
+fn read_f32<B: Backend>(tensor: FloatTensor<B>) -> Option<Vec<f32>> {
+    let data = read_sync(B::float_into_data(tensor)).ok()?;
+    Some(data.iter::<f32>().collect())
+}
+
+/// A `Vec` as a backend primitive; Flex and NdArray adopt the buffer without copying.
+fn primitive<B: Backend>(values: Vec<f32>, shape: Shape, device: &B::Device) -> FloatTensor<B> {
+    B::float_from_data(TensorData::new(values, shape), device)
+}
+
+pub(crate) fn forward<B: HostF32>(
+    logits: FloatTensor<B>,
+    labels: IntTensor<B>,
+) -> (FloatTensor<B>, RowStats<B>) {
+    let [n, v] = dims2(&logits.shape());
+    let host = match logits.dtype() {
+        DType::F32 => read_i64::<B>(labels.clone()).filter(|l| l.len() == n),
+        _ => None,
+    };
+    let Some(host_labels) = host else {
+        return composed::forward::<B>(logits, labels);
+    };
+    let Some(out) = B::with_f32(&logits, |z| kernel::forward(z, v, &host_labels)) else {
+        return composed::forward::<B>(logits, labels);
+    };
+    let device = logits.device();
+    (
+        primitive::<B>(out.logp, Shape::new([n]), &device),
+        RowStats {
+            max: primitive::<B>(out.max, Shape::new([n]), &device),
+            log_sum: primitive::<B>(out.log_sum, Shape::new([n]), &device),
+        },
+    )
+}
+
+pub(crate) fn backward<B: HostF32>(
+    logits: FloatTensor<B>,
+    labels: IntTensor<B>,
+    stats: RowStats<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let [n, v] = dims2(&logits.shape());
+    let host = match logits.dtype() {
+        DType::F32 => (|| {
+            let labels = read_i64::<B>(labels.clone())?;
+            let max = read_f32::<B>(stats.max.clone())?;
+            let log_sum = read_f32::<B>(stats.log_sum.clone())?;
+            let grad = read_f32::<B>(grad.clone())?;
+            let rows = kernel::Rows {
+                labels,
+                max,
+                log_sum,
+                grad,
+            };
+            rows.has_len(n).then_some(rows)
+        })(),
+        _ => None,
+    };
+    let Some(rows) = host else {
+        return composed::backward::<B>(logits, labels, stats, grad);
+    };
+    let Some(out) = B::with_f32(&logits, |z| kernel::backward(z, v, &rows)) else {
+        return composed::backward::<B>(logits, labels, stats, grad);
+    };
+    primitive::<B>(out, Shape::new([n, v]), &logits.device())
+}
