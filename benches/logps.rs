@@ -1,8 +1,10 @@
 //! Sequence log-probs + DPO, forward and forward+backward, on the CPU backends.
 //!
 //! `cargo bench` runs a small shape; `BENCH_SHAPES=paper cargo bench` adds 8×256×32000 and
-//! 4×512×128256 (the latter needs about 6 GiB and minutes per sample on 2 cores). The
-//! side-by-side comparison with PyTorch is `examples/bench_logps.rs` (see docs/performance.md).
+//! 4×512×128256 (the latter needs about 3 GiB). The LM-head path (`forward_linear`, hidden
+//! states `[N, T, H]` and a weight `[V, H]`) is timed against materialising the logits on a
+//! small shape. The side-by-side comparison with PyTorch is `examples/bench_logps.rs` (see
+//! docs/performance.md).
 
 #[allow(dead_code)]
 #[path = "../examples/common/bench.rs"]
@@ -66,5 +68,37 @@ fn forward(bencher: divan::Bencher, case: &Case) {
 #[divan::bench(args = cases(), sample_count = 5, sample_size = 1)]
 fn forward_backward(bencher: divan::Bencher, case: &Case) {
     let inputs = Workload::new(case.shape, &case.device.clone().autodiff());
+    bencher.bench_local(|| inputs.forward_backward().expect("forward and backward"));
+}
+
+/// `(shape, H, fused)`: the LM-head path, fused or with the logits materialised.
+struct LinearCase {
+    shape: [usize; 3],
+    width: usize,
+    fused: bool,
+}
+
+impl std::fmt::Display for LinearCase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [n, t, v] = self.shape;
+        let head = if self.fused { "fused" } else { "unfused" };
+        write!(f, "flex/{n}x{t}x{v}/H{}/{head}", self.width)
+    }
+}
+
+fn linear_cases() -> Vec<LinearCase> {
+    [true, false]
+        .map(|fused| LinearCase {
+            shape: [4, 64, 4096],
+            width: 256,
+            fused,
+        })
+        .into()
+}
+
+#[divan::bench(args = linear_cases(), sample_count = 5, sample_size = 1)]
+fn linear_forward_backward(bencher: divan::Bencher, case: &LinearCase) {
+    let device = Device::flex().autodiff();
+    let inputs = Workload::linear(case.shape, case.width, case.fused, &device);
     bencher.bench_local(|| inputs.forward_backward().expect("forward and backward"));
 }

@@ -3,14 +3,20 @@
 //! uniform labels with about 10 % ignored (−100), chosen rows first then rejected rows, random
 //! reference log-probs. Prints one JSON line with medians of `--reps` runs after a warm-up.
 //!
+//! With `--hidden H` the log-probs come from hidden states `[N, T, H]` and an LM head
+//! `[V, H]` instead: `--head fused` (default) takes `SequenceLogps::forward_linear`, which
+//! never holds the logits, `--head unfused` materialises them with one matmul first.
+//!
 //! ```sh
 //! cargo run --release --example bench_logps -- 8 256 32000
 //! cargo run --release --example bench_logps --features wgpu -- 8 256 32000 --device wgpu
+//! cargo run --release --example bench_logps -- 4 512 128256 --hidden 2048 --head unfused --reps 1
 //! ```
 //!
-//! `peak_rss_bytes` is the process's peak resident memory (VmHWM), inputs included.
+//! `peak_rss_bytes` is the process's peak resident memory (VmHWM), inputs included; run one
+//! configuration per process to compare it.
 
-#[allow(dead_code)] // shared by the examples; this one reads `--device` and `--reps`
+#[allow(dead_code)] // shared by the examples; this one reads `--device`, `--reps`, …
 #[path = "common/args.rs"]
 mod args;
 #[path = "common/bench.rs"]
@@ -18,6 +24,8 @@ mod bench;
 
 use std::error::Error;
 use std::time::Instant;
+
+use burn::tensor::Device;
 
 use bench::Workload;
 
@@ -44,7 +52,7 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu]";
+    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu] [--hidden H [--head fused|unfused]]";
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let dims: Vec<usize> = argv
         .iter()
@@ -56,24 +64,38 @@ fn main() -> Result<(), Box<dyn Error>> {
     if n % 2 != 0 {
         return Err("N must be even: chosen rows first, then rejected rows".into());
     }
-    let flags = args::Flags::parse_from(usage, &["reps", "device"], &argv[3..])?;
+    let flags = args::Flags::parse_from(usage, &["reps", "device", "hidden", "head"], &argv[3..])?;
     let reps: usize = flags.value("reps")?.unwrap_or(5);
+    let hidden: Option<usize> = flags.value("hidden")?;
+    let head = flags.text("head").unwrap_or("fused");
+    let fused = match head {
+        "fused" => true,
+        "unfused" => false,
+        other => return Err(format!("--head must be fused or unfused, got {other}").into()),
+    };
+    let workload = |device: &Device| match hidden {
+        Some(width) => Workload::linear([n, t, v], width, fused, device),
+        None => Workload::new([n, t, v], device),
+    };
     let device = flags.device()?;
     let device_name = flags.text("device").unwrap_or("flex");
     device.seed(0);
 
     // Each phase generates its own inputs so that only one copy of the logits is ever alive.
     let forward_s = {
-        let inputs = Workload::new([n, t, v], &device);
+        let inputs = workload(&device);
         median_seconds(reps, || inputs.forward().map(|_| ()))?
     };
     let forward_backward_s = {
-        let tracked = Workload::new([n, t, v], &device.clone().autodiff());
+        let tracked = workload(&device.clone().autodiff());
         median_seconds(reps, || tracked.forward_backward())?
     };
 
+    let head = hidden.map_or(String::new(), |h| {
+        format!(r#""hidden":{h},"head":"{head}","#)
+    });
     println!(
-        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}","forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
+        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}",{head}"forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
         peak_rss_bytes().map_or("null".to_string(), |b| b.to_string())
     );
     Ok(())

@@ -39,22 +39,31 @@ pub struct SequenceLogpsConfig {
     /// Also return the per-token log-probs `[B, T']` (`T' = T − 1` with shift). Default: `false`.
     #[config(default = false)]
     pub return_token_logps: bool,
+    /// Rows of hidden states per chunk in [`SequenceLogps::forward_linear`]: the `[chunk, V]`
+    /// logits block (and its gradient) is the only vocabulary-sized buffer it holds. Larger
+    /// chunks make bigger, faster matrix products; 256 rows at `V = 128 256` are 131 MB.
+    /// Default: `256`.
+    #[config(default = 256)]
+    pub chunk_rows: usize,
 }
 
 impl SequenceLogpsConfig {
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`PreferenceError::OutOfRange`] when `LengthPower(α)` has `α < 0` or a non-finite `α`.
+    /// [`PreferenceError::OutOfRange`] when `LengthPower(α)` has `α < 0` or a non-finite `α`,
+    /// or when `chunk_rows` is 0.
     pub fn init(&self) -> error::Result<SequenceLogps> {
         if let LogpReduction::LengthPower(alpha) = self.reduction {
             check::param("alpha", alpha, ">= 0 and finite", |a| a >= 0.0)?;
         }
+        check::param("chunk_rows", self.chunk_rows as f64, ">= 1", |c| c >= 1.0)?;
         Ok(SequenceLogps {
             shift: self.shift,
             ignore_index: self.ignore_index,
             reduction: self.reduction,
             return_token_logps: self.return_token_logps,
+            chunk_rows: self.chunk_rows,
         })
     }
 }
@@ -99,6 +108,7 @@ pub struct SequenceLogps {
     ignore_index: i64,
     reduction: LogpReduction,
     return_token_logps: bool,
+    chunk_rows: usize,
 }
 
 /// What [`SequenceLogps`] returns.
@@ -162,6 +172,67 @@ impl SequenceLogps {
         Ok(self.reduce(token_logps, aligned.valid))
     }
 
+    /// Sequence log-probs of `labels` under the logits `hidden · weightᵀ` of a linear LM head,
+    /// without ever holding the `[B, T, V]` logits: they are computed [`chunk_rows`] rows at a
+    /// time, and the backward recomputes each chunk instead of storing it. Same results as
+    /// [`forward`](Self::forward) on `hidden.matmul(weightᵀ)`, gradients for `hidden` and
+    /// `weight` included; at `B·T = 2048`, `V = 128 256` this saves the 1 GB of logits and the
+    /// 1 GB of their gradient for one extra `hidden · weightᵀ` product in the backward.
+    ///
+    /// [`chunk_rows`]: SequenceLogpsConfig::chunk_rows
+    ///
+    /// # Example
+    /// ```
+    /// use burn::tensor::{Device, Distribution, Int, Tensor};
+    /// use burn_preference::SequenceLogpsConfig;
+    ///
+    /// let device = Device::default();
+    /// let hidden = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &device);
+    /// let lm_head = Tensor::<2>::zeros([100, 16], &device); // [V, H]: uniform over V = 100
+    /// let labels = Tensor::<2, Int>::from_ints(
+    ///     [[-100, -100, 5, 9, 2, 7], [-100, 1, 2, 3, 4, -100]],
+    ///     &device,
+    /// );
+    /// let gatherer = SequenceLogpsConfig::new().with_chunk_rows(4).init()?;
+    /// let logps = gatherer.forward_linear(hidden, lm_head, labels)?.logps;
+    /// // Shifted: 4 valid tokens in each row, each −ln 100.
+    /// let expected = -4.0 * 100f32.ln();
+    /// assert!(logps.to_data().iter::<f32>().all(|x| (x - expected).abs() < 1e-4));
+    /// # Ok::<(), burn_preference::PreferenceError>(())
+    /// ```
+    ///
+    /// # Shapes
+    /// - hidden: `[B, T, H]`, the last hidden states
+    /// - weight: `[V, H]`, the LM head (e.g. burn-nn `Linear`'s weight `[H, V]` transposed);
+    ///   a head with a bias is not covered
+    /// - labels: `[B, T]` (Int)
+    ///
+    /// # Errors
+    /// As [`forward_masked`](Self::forward_masked) (with `hidden` for `logits`), and
+    /// [`PreferenceError::Shape`] when `weight` is not `[V, H]`.
+    pub fn forward_linear(
+        &self,
+        hidden: Tensor<3>,
+        weight: Tensor<2>,
+        labels: Tensor<2, Int>,
+    ) -> error::Result<SequenceLogpsOutput> {
+        self.run_linear(hidden, weight, labels, None)
+    }
+
+    /// [`forward_linear`](Self::forward_linear) with an explicit 0/1 mask `[B, T]`.
+    ///
+    /// # Errors
+    /// As [`forward_linear`](Self::forward_linear).
+    pub fn forward_linear_masked(
+        &self,
+        hidden: Tensor<3>,
+        weight: Tensor<2>,
+        labels: Tensor<2, Int>,
+        mask: Tensor<2, Int>,
+    ) -> error::Result<SequenceLogpsOutput> {
+        self.run_linear(hidden, weight, labels, Some(mask))
+    }
+
     fn run(
         &self,
         logits: Tensor<3>,
@@ -172,27 +243,60 @@ impl SequenceLogps {
             return self.forward_unfused(logits, labels, mask);
         }
         let [batch, time, vocab] = logits.dims();
-        let (safe_labels, valid) = self.align_labels(logits.dims(), labels, mask)?;
-        // One label per logit row; −1 (outside [0, V)) marks rows the fused op skips. With the
-        // shift, the last position predicts nothing. Passing the unshifted logits keeps them
-        // contiguous, so the `[B·T, V]` view below is free and the kernel reads them in place.
+        let (targets, valid) = self.row_targets("logits", logits.dims(), labels, mask)?;
+        let rows = fused::token_logps(widen(logits).reshape([batch * time, vocab]), targets);
+        Ok(self.reduce(self.unflatten(rows, batch, time), valid))
+    }
+
+    fn run_linear(
+        &self,
+        hidden: Tensor<3>,
+        weight: Tensor<2>,
+        labels: Tensor<2, Int>,
+        mask: Option<Tensor<2, Int>>,
+    ) -> error::Result<SequenceLogpsOutput> {
+        let [batch, time, width] = hidden.dims();
+        let [vocab, _] = weight.dims();
+        check::shape("weight", weight.dims(), [None, Some(width)], "[V, H]")?;
+        if !fused::supported(&hidden.device()) {
+            let logits = hidden.matmul(weight.transpose().unsqueeze_dim::<3>(0));
+            return self.forward_unfused(logits, labels, mask);
+        }
+        let dims = [batch, time, vocab];
+        let (targets, valid) = self.row_targets("hidden", dims, labels, mask)?;
+        let hidden = widen(hidden).reshape([batch * time, width]);
+        let rows = fused::linear_token_logps(hidden, widen(weight), targets, self.chunk_rows);
+        Ok(self.reduce(self.unflatten(rows, batch, time), valid))
+    }
+
+    /// Validates the inputs and returns one label per row of the `[B·T, V]` logits, −1
+    /// (outside `[0, V)`, which the fused ops skip) where no valid label is predicted, and
+    /// the valid positions `[B, T']`. With the shift the last position predicts nothing; the
+    /// unshifted rows stay contiguous, so the `[B·T, ·]` views of the inputs are free.
+    fn row_targets(
+        &self,
+        arg: &'static str,
+        [batch, time, vocab]: [usize; 3],
+        labels: Tensor<2, Int>,
+        mask: Option<Tensor<2, Int>>,
+    ) -> error::Result<(Tensor<1, Int>, Tensor<2, Bool>)> {
+        let (safe_labels, valid) = self.align_labels(arg, [batch, time, vocab], labels, mask)?;
         let mut targets = safe_labels.mask_fill(valid.clone().bool_not(), -1);
         if self.shift {
             let last = Tensor::<2, Int>::full([batch, 1], -1, &targets.device());
             targets = Tensor::cat(vec![targets, last], 1);
         }
-        let rows = batch * time;
-        let token_logps = fused::token_logps(
-            widen(logits).reshape([rows, vocab]),
-            targets.reshape([rows]),
-        )
-        .reshape([batch, time]);
-        let token_logps = if self.shift {
+        Ok((targets.reshape([batch * time]), valid))
+    }
+
+    /// `[B·T]` row log-probs back to `[B, T']`.
+    fn unflatten(&self, rows: Tensor<1>, batch: usize, time: usize) -> Tensor<2> {
+        let token_logps = rows.reshape([batch, time]);
+        if self.shift {
             token_logps.slice([0..batch, 0..time - 1])
         } else {
             token_logps
-        };
-        Ok(self.reduce(token_logps, valid))
+        }
     }
 
     /// Per-sequence reduction of token log-probs that are already 0 at invalid positions.
@@ -230,7 +334,7 @@ impl SequenceLogps {
         labels: Tensor<2, Int>,
         mask: Option<Tensor<2, Int>>,
     ) -> error::Result<Aligned> {
-        let (safe_labels, valid) = self.align_labels(logits.dims(), labels, mask)?;
+        let (safe_labels, valid) = self.align_labels("logits", logits.dims(), labels, mask)?;
         Ok(Aligned {
             logits: self.shift_logits(logits),
             safe_labels,
@@ -242,28 +346,29 @@ impl SequenceLogps {
     /// invalid entries set to 0 (a safe gather index), and the valid positions, both `[B, T']`.
     fn align_labels(
         &self,
+        arg: &'static str,
         [batch, time, vocab]: [usize; 3],
         labels: Tensor<2, Int>,
         mask: Option<Tensor<2, Int>>,
     ) -> error::Result<(Tensor<2, Int>, Tensor<2, Bool>)> {
-        check::non_empty("logits", batch)?;
-        check::batch("labels", labels.dims()[0], "logits", batch)?;
+        check::non_empty(arg, batch)?;
+        check::batch("labels", labels.dims()[0], arg, batch)?;
         check::shape("labels", labels.dims(), [Some(batch), Some(time)], "[B, T]")?;
         if time == 0 || vocab == 0 {
             return Err(PreferenceError::Empty {
-                arg: "logits",
+                arg,
                 detail: format!("need T >= 1 and V >= 1, got T = {time}, V = {vocab}"),
             });
         }
         if self.shift && time < 2 {
             return Err(PreferenceError::Shape {
-                arg: "logits",
+                arg,
                 expected: "T >= 2 when shift is on".to_string(),
                 actual: vec![batch, time, vocab],
             });
         }
         if let Some(mask) = &mask {
-            check::batch("mask", mask.dims()[0], "logits", batch)?;
+            check::batch("mask", mask.dims()[0], arg, batch)?;
             check::shape("mask", mask.dims(), [Some(batch), Some(time)], "[B, T]")?;
             check_binary_mask(mask.clone())?;
         }

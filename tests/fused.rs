@@ -259,3 +259,167 @@ fn non_contiguous_logits_are_handled() {
         );
     }
 }
+
+/// Fused LM head (`forward_linear`) against the oracle on the materialised logits
+/// `hidden · weightᵀ`: log-probs and the gradients of `hidden` and `weight`.
+fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize, device: &Device) {
+    let [b, t, v] = dims;
+    let seed = (dims.iter().product::<usize>() * width) as u64;
+    let rows = Inputs::new(dims, 1.0, seed); // labels and mask
+    let hidden_values = Inputs::new([b, t, width], 1.0, seed + 1).logits;
+    let weight_values = Inputs::new([1, v, width], 0.5, seed + 2).logits;
+    for (shift, masked) in [(true, false), (false, true)] {
+        let what = format!("linear {dims:?} H {width} chunk {chunk_rows} shift {shift}");
+        let g = SequenceLogpsConfig::new()
+            .with_shift(shift)
+            .with_chunk_rows(chunk_rows)
+            .init()
+            .expect("valid config");
+        let run = |fused: bool| {
+            let hidden = floats(hidden_values.clone(), [b, t, width], device);
+            let weight = floats(weight_values.clone(), [v, width], device);
+            let (hidden, weight) = if device.is_autodiff() {
+                (hidden.require_grad(), weight.require_grad())
+            } else {
+                (hidden, weight)
+            };
+            let labels = ints(rows.labels.clone(), [b, t], device);
+            let mask = masked.then(|| ints(rows.mask.clone(), [b, t], device));
+            let out = if fused {
+                match mask {
+                    Some(mask) => {
+                        g.forward_linear_masked(hidden.clone(), weight.clone(), labels, mask)
+                    }
+                    None => g.forward_linear(hidden.clone(), weight.clone(), labels),
+                }
+            } else {
+                let logits = hidden
+                    .clone()
+                    .matmul(weight.clone().transpose().unsqueeze_dim(0));
+                g.forward_unfused(logits, labels, mask)
+            }
+            .expect("valid inputs");
+            let logps = to_vec(out.logps.clone());
+            if !device.is_autodiff() {
+                return (logps, None);
+            }
+            let weights: Vec<f32> = (0..b).map(|i| 1.5 - i as f32 * 0.7).collect();
+            let grads = (out.logps * floats(weights, [b], device)).sum().backward();
+            let grad = |x: Option<Tensor<3>>| x.map(to_vec).expect("a gradient");
+            let hidden_grad = grad(hidden.grad(&grads));
+            let weight_grad = grad(weight.grad(&grads).map(|w| w.unsqueeze()));
+            (logps, Some((hidden_grad, weight_grad)))
+        };
+        let (fused, fused_grads) = run(true);
+        let (oracle, oracle_grads) = run(false);
+        assert_close(
+            name,
+            &format!("logps {what}"),
+            &fused,
+            &as_f64(&oracle),
+            REL,
+            1e-6,
+        );
+        if let (Some((dh, dw)), Some((oracle_dh, oracle_dw))) = (fused_grads, oracle_grads) {
+            // The chunked products sum in another order than one big product: ~1e-7 noise.
+            assert_close(
+                name,
+                &format!("d hidden {what}"),
+                &dh,
+                &as_f64(&oracle_dh),
+                REL,
+                1e-6,
+            );
+            assert_close(
+                name,
+                &format!("d weight {what}"),
+                &dw,
+                &as_f64(&oracle_dw),
+                REL,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_lm_head_matches_the_materialised_logits() {
+    let devices = devices().into_iter().chain(autodiff_devices());
+    for (name, device) in devices {
+        // One row per chunk, chunks that do not divide B·T, one chunk for everything, and a
+        // vocabulary over several online-max blocks (2048).
+        compare_linear(name, [2, 5, 37], 6, 1, &device);
+        compare_linear(name, [2, 5, 37], 6, 3, &device);
+        compare_linear(name, [3, 4, 2100], 16, 5, &device);
+        compare_linear(name, [3, 4, 50], 8, 1000, &device);
+        // More vocabulary rows than the weight gradient updates per product (8192).
+        compare_linear(name, [1, 3, 8300], 4, 2, &device);
+    }
+}
+
+#[test]
+fn fused_lm_head_trains_only_what_requires_a_gradient() {
+    // A frozen LM head (or frozen hidden states) gets no gradient; the other one is unchanged.
+    for (name, device) in autodiff_devices() {
+        let (b, t, h, v) = (2, 4, 5, 11);
+        let rows = Inputs::new([b, t, v], 1.0, 7);
+        let hidden = floats(Inputs::new([b, t, h], 1.0, 8).logits, [b, t, h], &device);
+        let weight = floats(Inputs::new([1, v, h], 1.0, 9).logits, [v, h], &device);
+        let labels = ints(rows.labels, [b, t], &device);
+        let g = SequenceLogpsConfig::new()
+            .with_chunk_rows(3)
+            .init()
+            .expect("valid");
+        let both = (hidden.clone().require_grad(), weight.clone().require_grad());
+        let grads = g
+            .forward_linear(both.0.clone(), both.1.clone(), labels.clone())
+            .expect("valid")
+            .logps
+            .sum()
+            .backward();
+        let full_dh = both.0.grad(&grads).map(to_vec).expect("d hidden");
+        let full_dw = both.1.grad(&grads).map(to_vec).expect("d weight");
+
+        let frozen_head = hidden.clone().require_grad();
+        let grads = g
+            .forward_linear(frozen_head.clone(), weight.clone(), labels.clone())
+            .expect("valid")
+            .logps
+            .sum()
+            .backward();
+        let dh = frozen_head.grad(&grads).map(to_vec).expect("d hidden");
+        assert_close(
+            name,
+            "d hidden, frozen head",
+            &dh,
+            &as_f64(&full_dh),
+            1e-6,
+            0.0,
+        );
+        assert!(
+            weight.grad(&grads).is_none(),
+            "[{name}] frozen head got a gradient"
+        );
+
+        let trained_head = weight.require_grad();
+        let grads = g
+            .forward_linear(hidden.clone(), trained_head.clone(), labels)
+            .expect("valid")
+            .logps
+            .sum()
+            .backward();
+        let dw = trained_head.grad(&grads).map(to_vec).expect("d weight");
+        assert_close(
+            name,
+            "d weight, frozen hidden",
+            &dw,
+            &as_f64(&full_dw),
+            1e-6,
+            0.0,
+        );
+        assert!(
+            hidden.grad(&grads).is_none(),
+            "[{name}] frozen hidden got a gradient"
+        );
+    }
+}

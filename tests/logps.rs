@@ -432,7 +432,42 @@ fn bad_inputs_get_typed_errors() {
             matches!(err, PreferenceError::Empty { arg: "logits", .. }),
             "[{name}] {err}"
         );
+
+        // The LM-head path: the weight must be [V, H] with the hidden states' H.
+        let hidden = Tensor::<3>::zeros([2, 4, 3], &device);
+        let weight = Tensor::<2>::zeros([5, 4], &device);
+        let err = error_of(gatherer.forward_linear(hidden.clone(), weight, labels.clone()));
+        assert!(
+            matches!(err, PreferenceError::Shape { arg: "weight", .. }),
+            "[{name}] {err}"
+        );
+        let weight = Tensor::<2>::zeros([5, 3], &device);
+        let err = error_of(gatherer.forward_linear(hidden, weight, labels.narrow(0, 0, 1)));
+        assert!(
+            matches!(
+                err,
+                PreferenceError::BatchMismatch {
+                    reference_arg: "hidden",
+                    ..
+                }
+            ),
+            "[{name}] {err}"
+        );
     }
+    let err = SequenceLogpsConfig::new()
+        .with_chunk_rows(0)
+        .init()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PreferenceError::OutOfRange {
+                name: "chunk_rows",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = SequenceLogpsConfig::new()
         .with_reduction(LogpReduction::LengthPower(-0.5))
         .init()

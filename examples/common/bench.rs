@@ -6,21 +6,53 @@ use std::error::Error;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_preference::{DpoConfig, PreferenceBatch, PreferenceLoss, SequenceLogpsConfig};
 
-/// Random normal logits `[N, T, V]`, uniform labels with about 10 % ignored (−100), and random
-/// reference log-probs `[N]`; rows `0..N/2` are chosen, `N/2..N` rejected.
+/// Where the log-probs come from.
+#[allow(clippy::large_enum_variant)] // one per workload, built once
+pub enum Head {
+    /// Random normal logits `[N, T, V]`.
+    Logits(Tensor<3>),
+    /// Random normal hidden states `[N, T, H]` and an LM-head weight `[V, H]` scaled so that
+    /// the logits are standard normal too; `fused` takes `forward_linear`, otherwise the
+    /// logits are materialised with one matmul.
+    Linear {
+        hidden: Tensor<3>,
+        weight: Tensor<2>,
+        fused: bool,
+    },
+}
+
+/// Uniform labels with about 10 % ignored (−100) and random reference log-probs `[N]`; rows
+/// `0..N/2` are chosen, `N/2..N` rejected.
 pub struct Workload {
-    pub logits: Tensor<3>,
+    pub head: Head,
     pub labels: Tensor<2, Int>,
     pub reference: Tensor<1>,
 }
 
 impl Workload {
-    pub fn new([n, t, v]: [usize; 3], device: &Device) -> Self {
+    /// The workload on random logits.
+    pub fn new(dims: [usize; 3], device: &Device) -> Self {
+        let logits = Tensor::random(dims, Distribution::Normal(0.0, 1.0), device);
+        Self::with_head(dims, Head::Logits(logits), device)
+    }
+
+    /// The workload on an LM head of width `width`.
+    pub fn linear([n, t, v]: [usize; 3], width: usize, fused: bool, device: &Device) -> Self {
+        let scale = 1.0 / (width as f64).sqrt();
+        let head = Head::Linear {
+            hidden: Tensor::random([n, t, width], Distribution::Normal(0.0, 1.0), device),
+            weight: Tensor::random([v, width], Distribution::Normal(0.0, scale), device),
+            fused,
+        };
+        Self::with_head([n, t, v], head, device)
+    }
+
+    fn with_head([n, t, v]: [usize; 3], head: Head, device: &Device) -> Self {
         let tokens = Tensor::<2, Int>::random([n, t], Distribution::Uniform(0.0, v as f64), device);
         let ignored =
             Tensor::<2>::random([n, t], Distribution::Uniform(0.0, 1.0), device).lower_elem(0.1);
         Self {
-            logits: Tensor::random([n, t, v], Distribution::Normal(0.0, 1.0), device),
+            head,
             labels: tokens.mask_fill(ignored, -100),
             reference: Tensor::random([n], Distribution::Normal(0.0, 1.0), device),
         }
@@ -28,25 +60,52 @@ impl Workload {
 
     /// The DPO loss through the crate's public path; waits for the result.
     pub fn forward(&self) -> Result<f32, Box<dyn Error>> {
-        Ok(dpo_loss(self.logits.clone(), self)?.into_scalar::<f32>())
+        let (loss, _) = self.dpo_loss(false)?;
+        Ok(loss.into_scalar::<f32>())
     }
 
-    /// Forward and backward; waits for the gradient of the logits. Needs an autodiff device.
+    /// Forward and backward; waits for the gradients of the inputs (the logits, or the hidden
+    /// states and the weight). Needs an autodiff device.
     pub fn forward_backward(&self) -> Result<(), Box<dyn Error>> {
-        let logits = self.logits.clone().require_grad();
-        let grads = dpo_loss(logits.clone(), self)?.backward();
-        let grad = logits.grad(&grads).ok_or("no gradient for the logits")?;
-        grad.slice([0..1, 0..1, 0..1]).into_scalar::<f32>();
+        let (loss, inputs) = self.dpo_loss(true)?;
+        let grads = loss.backward();
+        for input in inputs {
+            let grad = input.grad(&grads).ok_or("no gradient for an input")?;
+            grad.slice([0..1, 0..1, 0..1]).into_scalar::<f32>();
+        }
         Ok(())
     }
-}
 
-fn dpo_loss(logits: Tensor<3>, inputs: &Workload) -> Result<Tensor<1>, Box<dyn Error>> {
-    let logps = SequenceLogpsConfig::new()
-        .init()?
-        .forward(logits, inputs.labels.clone())?
-        .logps;
-    let batch = PreferenceBatch::concatenated(logps)?
-        .with_concatenated_reference(inputs.reference.clone())?;
-    Ok(DpoConfig::new().init()?.forward(batch)?.loss)
+    /// The loss, and with `track` the inputs that require a gradient (as `[., ., .]`).
+    fn dpo_loss(&self, track: bool) -> Result<(Tensor<1>, Vec<Tensor<3>>), Box<dyn Error>> {
+        let tracked = |x: Tensor<3>| if track { x.require_grad() } else { x };
+        let gatherer = SequenceLogpsConfig::new().init()?;
+        let labels = self.labels.clone();
+        let (out, inputs) = match &self.head {
+            Head::Logits(logits) => {
+                let logits = tracked(logits.clone());
+                (gatherer.forward(logits.clone(), labels)?, vec![logits])
+            }
+            Head::Linear {
+                hidden,
+                weight,
+                fused,
+            } => {
+                let hidden = tracked(hidden.clone());
+                let weight = tracked(weight.clone().unsqueeze::<3>());
+                let head = weight.clone().squeeze_dim::<2>(0);
+                let out = if *fused {
+                    gatherer.forward_linear(hidden.clone(), head, labels)?
+                } else {
+                    let logits = hidden.clone().matmul(head.transpose().unsqueeze_dim(0));
+                    gatherer.forward(logits, labels)?
+                };
+                (out, vec![hidden, weight])
+            }
+        };
+        let batch = PreferenceBatch::concatenated(out.logps)?
+            .with_concatenated_reference(self.reference.clone())?;
+        let loss = DpoConfig::new().init()?.forward(batch)?.loss;
+        Ok((loss, if track { inputs } else { Vec::new() }))
+    }
 }

@@ -15,6 +15,7 @@ use burn::backend::{
     tensor::{FloatTensor, IntTensor},
 };
 
+use super::linear::{self, Saved};
 use super::{RowStats, TokenLogpKernels, TokenLogpOps};
 
 /// Backward step of the fused op; one differentiable parent, the logits.
@@ -38,6 +39,33 @@ impl<B: Backend + TokenLogpKernels> Backward<B, 1> for TokenLogpsBackward {
     }
 }
 
+/// Backward step of the fused LM head; two differentiable parents, hidden states and weight.
+#[derive(Debug)]
+struct LinearTokenLogpsBackward;
+
+impl<B: Backend + TokenLogpKernels> Backward<B, 2> for LinearTokenLogpsBackward {
+    type State = Saved<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [hidden_node, weight_node] = ops.parents;
+        // Both gradients come from one pass over the chunks, so `binary` (one closure per
+        // parent) does not fit: register them directly.
+        let want = [hidden_node.is_some(), weight_node.is_some()];
+        let (hidden_grad, weight_grad) = linear::backward::<B>(ops.state, grad, want);
+        for (node, grad) in [(hidden_node, hidden_grad), (weight_node, weight_grad)] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: Backend + TokenLogpKernels, C: CheckpointStrategy> TokenLogpOps for Autodiff<B, C> {
     fn token_logps(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self> {
         match TokenLogpsBackward
@@ -54,6 +82,48 @@ impl<B: Backend + TokenLogpKernels, C: CheckpointStrategy> TokenLogpOps for Auto
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::token_logps_forward(logits.into_primitive(), labels).0)
             }
+        }
+    }
+
+    fn linear_token_logps(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        chunk_rows: usize,
+    ) -> FloatTensor<Self> {
+        match LinearTokenLogpsBackward
+            .prepare::<C>([hidden.node(), weight.node()])
+            // Keep the O(N) row stats rather than redo the whole forward.
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (hidden, weight) = (hidden.into_primitive(), weight.into_primitive());
+                let (logp, stats) = linear::forward::<B>(
+                    hidden.clone(),
+                    weight.clone(),
+                    labels.clone(),
+                    chunk_rows,
+                );
+                let saved = Saved {
+                    hidden,
+                    weight,
+                    labels,
+                    max: stats.max,
+                    log_sum: stats.log_sum,
+                    chunk_rows,
+                };
+                prep.finish(saved, logp)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                linear::forward::<B>(
+                    hidden.into_primitive(),
+                    weight.into_primitive(),
+                    labels,
+                    chunk_rows,
+                )
+                .0,
+            ),
         }
     }
 }

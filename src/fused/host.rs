@@ -10,13 +10,32 @@ use burn::backend::{
 use burn::tensor::Shape;
 
 use super::composed::{self, dims2};
-use super::{RowStats, kernel};
+use super::{RowStats, TokenLogpKernels, kernel};
 
 /// A CPU backend whose float primitive can lend its storage as an `f32` slice.
 pub(crate) trait HostF32: Backend {
     /// Calls `f` with the row-major `f32` contents of `tensor` (zero-copy when contiguous,
     /// copied once otherwise); `None` when the tensor is not `f32`.
     fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> Option<R>;
+}
+
+/// Every such backend runs the slice kernels.
+impl<B: HostF32> TokenLogpKernels for B {
+    fn token_logps_forward(
+        logits: FloatTensor<B>,
+        labels: IntTensor<B>,
+    ) -> (FloatTensor<B>, RowStats<B>) {
+        forward::<B>(logits, labels)
+    }
+
+    fn token_logps_backward(
+        logits: FloatTensor<B>,
+        labels: IntTensor<B>,
+        stats: RowStats<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        backward::<B>(logits, labels, stats, grad)
+    }
 }
 
 fn read_i64<B: Backend>(tensor: IntTensor<B>) -> Option<Vec<i64>> {
@@ -34,7 +53,7 @@ fn primitive<B: Backend>(values: Vec<f32>, shape: Shape, device: &B::Device) -> 
     B::float_from_data(TensorData::new(values, shape), device)
 }
 
-pub(crate) fn forward<B: HostF32>(
+fn forward<B: HostF32>(
     logits: FloatTensor<B>,
     labels: IntTensor<B>,
 ) -> (FloatTensor<B>, RowStats<B>) {
@@ -59,7 +78,7 @@ pub(crate) fn forward<B: HostF32>(
     )
 }
 
-pub(crate) fn backward<B: HostF32>(
+fn backward<B: HostF32>(
     logits: FloatTensor<B>,
     labels: IntTensor<B>,
     stats: RowStats<B>,

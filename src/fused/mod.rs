@@ -17,8 +17,13 @@
 // burn 0.22 deprecates NdArray in favour of Flex; we still support it, and the dispatch code
 // that `#[backend_extension]` generates names it outside any item we could annotate.
 #![allow(deprecated)]
-// Without autodiff nothing calls the backward kernels.
+// Without autodiff nothing calls the backward kernels; without a backend of ours, callers
+// always take the tensor-op path.
 #![cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "flex", feature = "ndarray", feature = "wgpu")),
+    allow(unused)
+)]
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
@@ -31,6 +36,7 @@ mod flex;
 mod host;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod kernel;
+mod linear;
 #[cfg(feature = "ndarray")]
 mod ndarray;
 
@@ -51,7 +57,40 @@ pub(crate) trait TokenLogpOps: Backend {
     /// `logits: [N, V]` float, `labels: [N]` int → `[N]`, `z_{n,y_n} − logsumexp(z_n)`, or 0
     /// where `labels[n] ∉ [0, V)`.
     fn token_logps(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self>;
+
+    /// `hidden: [N, H]`, `weight: [V, H]`, `labels: [N]` → `[N]`, the token log-probs of the
+    /// logits `hidden · weightᵀ`, computed `chunk_rows` rows at a time ([`linear`]).
+    fn linear_token_logps(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        chunk_rows: usize,
+    ) -> FloatTensor<Self>;
 }
+
+/// [`TokenLogpOps`] of a backend without autodiff: the forward halves of its kernels.
+macro_rules! plain_token_logp_ops {
+    ($backend:ty) => {
+        impl $crate::fused::TokenLogpOps for $backend {
+            fn token_logps(
+                logits: burn::backend::tensor::FloatTensor<Self>,
+                labels: burn::backend::tensor::IntTensor<Self>,
+            ) -> burn::backend::tensor::FloatTensor<Self> {
+                <Self as $crate::fused::TokenLogpKernels>::token_logps_forward(logits, labels).0
+            }
+
+            fn linear_token_logps(
+                hidden: burn::backend::tensor::FloatTensor<Self>,
+                weight: burn::backend::tensor::FloatTensor<Self>,
+                labels: burn::backend::tensor::IntTensor<Self>,
+                chunk_rows: usize,
+            ) -> burn::backend::tensor::FloatTensor<Self> {
+                $crate::fused::linear::forward::<Self>(hidden, weight, labels, chunk_rows).0
+            }
+        }
+    };
+}
+pub(crate) use plain_token_logp_ops;
 
 /// What the forward saves for the backward, per row `[N]`: the max `m` and `log Σ_v e^{z_v − m}`.
 ///
@@ -112,5 +151,23 @@ pub(crate) fn supported(device: &Device) -> bool {
 pub(crate) fn token_logps(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let out =
         <Dispatch as TokenLogpOps>::token_logps(logits.into_dispatch(), labels.into_dispatch());
+    Tensor::from_dispatch(out)
+}
+
+/// Token log-probs `[N]` of the logits `hidden [N, H] · weightᵀ` (`weight [V, H]`) at
+/// `labels [N]`, never holding more than `chunk_rows × V` logits; differentiable in `hidden`
+/// and `weight` on autodiff devices. Only for [`supported`] devices.
+pub(crate) fn linear_token_logps(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    labels: Tensor<1, Int>,
+    chunk_rows: usize,
+) -> Tensor<1> {
+    let out = <Dispatch as TokenLogpOps>::linear_token_logps(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        labels.into_dispatch(),
+        chunk_rows,
+    );
     Tensor::from_dispatch(out)
 }

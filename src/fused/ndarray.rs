@@ -1,14 +1,9 @@
 //! NdArray (deprecated in burn 0.22, still supported): the fused slice kernels.
 #![allow(deprecated)]
 
-use burn::backend::{
-    NdArray,
-    ndarray::NdArrayTensor,
-    tensor::{FloatTensor, IntTensor},
-};
+use burn::backend::{NdArray, ndarray::NdArrayTensor, tensor::FloatTensor};
 
-use super::host::{self, HostF32};
-use super::{RowStats, TokenLogpKernels, TokenLogpOps};
+use super::host::HostF32;
 
 impl HostF32 for NdArray {
     fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
@@ -26,26 +21,4 @@ impl HostF32 for NdArray {
     }
 }
 
-impl TokenLogpKernels for NdArray {
-    fn token_logps_forward(
-        logits: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-    ) -> (FloatTensor<Self>, RowStats<Self>) {
-        host::forward::<Self>(logits, labels)
-    }
-
-    fn token_logps_backward(
-        logits: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        stats: RowStats<Self>,
-        grad: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        host::backward::<Self>(logits, labels, stats, grad)
-    }
-}
-
-impl TokenLogpOps for NdArray {
-    fn token_logps(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self> {
-        Self::token_logps_forward(logits, labels).0
-    }
-}
+super::plain_token_logp_ops!(NdArray);
