@@ -4,7 +4,7 @@
 //! response, `log π(y|x) = Σ_t log softmax(z_t)[y_t]` over the response's valid tokens.
 
 use burn::config::Config;
-use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::check;
 use crate::error::{self, PreferenceError};
@@ -265,7 +265,34 @@ impl SequenceLogps {
         let dims = [batch, time, vocab];
         let (targets, valid) = self.row_targets("hidden", dims, labels, mask)?;
         let hidden = widen(hidden).reshape([batch * time, width]);
-        let rows = fused::linear_token_logps(hidden, widen(weight), targets, self.chunk_rows);
+        let weight = widen(weight);
+        // Only rows with a label need their logits: prompt and padding rows, often most of a
+        // preference batch, are left out of the products (their log-prob is 0 either way).
+        let kept: Vec<i64> = check::read_ints("labels", targets.clone())?
+            .iter()
+            .enumerate()
+            .filter(|(_, label)| **label >= 0)
+            .map(|(row, _)| row as i64)
+            .collect();
+        let rows = if kept.is_empty() || kept.len() == batch * time {
+            fused::linear_token_logps(hidden, weight, targets, self.chunk_rows)
+        } else {
+            let device = hidden.device();
+            let count = kept.len();
+            let kept = Tensor::<1, Int>::from_data(TensorData::new(kept, [count]), &device);
+            let logps = fused::linear_token_logps(
+                hidden.select(0, kept.clone()),
+                weight,
+                targets.select(0, kept.clone()),
+                self.chunk_rows,
+            );
+            Tensor::<1>::zeros([batch * time], &device).select_assign(
+                0,
+                kept,
+                logps,
+                IndexingUpdateOp::Add,
+            )
+        };
         Ok(self.reduce(self.unflatten(rows, batch, time), valid))
     }
 

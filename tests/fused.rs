@@ -268,8 +268,20 @@ fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize,
     let rows = Inputs::new(dims, 1.0, seed); // labels and mask
     let hidden_values = Inputs::new([b, t, width], 1.0, seed + 1).logits;
     let weight_values = Inputs::new([1, v, width], 0.5, seed + 2).logits;
-    for (shift, masked) in [(true, false), (false, true)] {
-        let what = format!("linear {dims:?} H {width} chunk {chunk_rows} shift {shift}");
+    // Every row labelled (no shift, no ignored label) takes the path without row selection.
+    let all_labelled: Vec<i64> = (0..b * t).map(|i| (i * 7 % v) as i64).collect();
+    for (shift, masked, labelled) in [
+        (true, false, false),
+        (false, true, false),
+        (false, false, true),
+    ] {
+        let labels = if labelled {
+            &all_labelled
+        } else {
+            &rows.labels
+        };
+        let what =
+            format!("linear {dims:?} H {width} chunk {chunk_rows} shift {shift} mask {masked}");
         let g = SequenceLogpsConfig::new()
             .with_shift(shift)
             .with_chunk_rows(chunk_rows)
@@ -283,7 +295,7 @@ fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize,
             } else {
                 (hidden, weight)
             };
-            let labels = ints(rows.labels.clone(), [b, t], device);
+            let labels = ints(labels.clone(), [b, t], device);
             let mask = masked.then(|| ints(rows.mask.clone(), [b, t], device));
             let out = if fused {
                 match mask {
