@@ -435,3 +435,38 @@ fn fused_lm_head_trains_only_what_requires_a_gradient() {
         );
     }
 }
+
+#[test]
+fn logits_held_by_nobody_else_get_the_same_gradient() {
+    // When the operation holds the logits alone (an LM head's output moved into `forward`),
+    // the CPU kernels write the gradient over them instead of allocating; a leaf the caller
+    // keeps (the other tests) takes the copying path. Both must match the oracle.
+    let dims = [2, 5, 300];
+    let inputs = Inputs::new(dims, 2.0, 11);
+    let g = gatherer(true, LogpReduction::Mean);
+    for (name, device) in autodiff_devices() {
+        let grad_of = |fused: bool| {
+            let leaf = floats(inputs.logits.clone(), dims, &device).require_grad();
+            let labels = ints(inputs.labels.clone(), [2, 5], &device);
+            // A fresh buffer that only the log-prob operation will hold.
+            let logits = leaf.clone().mul_scalar(1.5);
+            let out = if fused {
+                g.forward(logits, labels)
+            } else {
+                g.forward_unfused(logits, labels, None)
+            }
+            .expect("valid inputs");
+            let grads = out.logps.sum().backward();
+            leaf.grad(&grads).map(to_vec).expect("a gradient")
+        };
+        let (fused, oracle) = (grad_of(true), grad_of(false));
+        assert_close(
+            name,
+            "grad, logits held by the op alone",
+            &fused,
+            &as_f64(&oracle),
+            REL,
+            1e-12,
+        );
+    }
+}

@@ -17,6 +17,15 @@ pub(crate) trait HostF32: Backend {
     /// Calls `f` with the row-major `f32` contents of `tensor` (zero-copy when contiguous,
     /// copied once otherwise); `None` when the tensor is not `f32`.
     fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> Option<R>;
+
+    /// Calls `f` with the row-major `f32` contents of `tensor` to overwrite, when nothing else
+    /// holds its buffer and it is contiguous; `None` (and `f` not called) otherwise.
+    fn with_f32_mut<R>(
+        _tensor: &mut FloatTensor<Self>,
+        _f: impl FnOnce(&mut [f32]) -> R,
+    ) -> Option<R> {
+        None
+    }
 }
 
 /// Every such backend runs the slice kernels.
@@ -104,6 +113,12 @@ fn backward<B: HostF32>(
     let Some(rows) = host else {
         return composed::backward::<B>(logits, labels, stats, grad);
     };
+    // The logits are usually held by this operation alone by now (the model's output was
+    // moved into it): then the gradient overwrites them, with no `[N, V]` allocation at all.
+    let mut logits = logits;
+    if B::with_f32_mut(&mut logits, |z| kernel::backward_in_place(z, v, &rows)).is_some() {
+        return logits;
+    }
     let Some(out) = B::with_f32(&logits, |z| kernel::backward(z, v, &rows)) else {
         return composed::backward::<B>(logits, labels, stats, grad);
     };

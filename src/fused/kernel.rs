@@ -118,29 +118,48 @@ fn row_stats<const FMA: bool>(row: &[f32]) -> (f32, f32) {
     (m, s.ln())
 }
 
-/// `out[v] = g · (1[v = y] − e^{(z_v − m) − log s})` for one row.
+/// `e^{(z − m) − log s}` times `−g`, the softmax part of the gradient.
+#[inline(always)]
+fn scaled_softmax<const FMA: bool>(z: f32, max: f32, log_sum: f32, neg_g: f32) -> f32 {
+    neg_g * exp_nonpos::<FMA>((z - max) - log_sum)
+}
+
+/// `out_v = g · (1[v = y] − e^{(z_v − m) − log s})` for one row, where `z` is `source` or,
+/// without one, `out` itself (in place). Both loops run `LANES` at a time so they vectorise.
 #[inline(always)]
 fn row_backward<const FMA: bool>(
-    row: &[f32],
-    label: usize,
-    max: f32,
-    log_sum: f32,
-    g: f32,
+    source: Option<&[f32]>,
     out: &mut [f32],
+    label: usize,
+    (max, log_sum, g): (f32, f32, f32),
 ) {
     let neg_g = -g;
-    let (zs, z_rest) = row.as_chunks::<LANES>();
     let (os, o_rest) = out.as_chunks_mut::<LANES>();
-    for (z, o) in zs.iter().zip(os) {
-        for i in 0..LANES {
-            o[i] = neg_g * exp_nonpos::<FMA>((z[i] - max) - log_sum);
+    match source {
+        Some(row) => {
+            let (zs, z_rest) = row.as_chunks::<LANES>();
+            for (z, o) in zs.iter().zip(os) {
+                for i in 0..LANES {
+                    o[i] = scaled_softmax::<FMA>(z[i], max, log_sum, neg_g);
+                }
+            }
+            for (z, o) in z_rest.iter().zip(o_rest) {
+                *o = scaled_softmax::<FMA>(*z, max, log_sum, neg_g);
+            }
+        }
+        None => {
+            for o in os {
+                for x in o.iter_mut() {
+                    *x = scaled_softmax::<FMA>(*x, max, log_sum, neg_g);
+                }
+            }
+            for x in o_rest {
+                *x = scaled_softmax::<FMA>(*x, max, log_sum, neg_g);
+            }
         }
     }
-    for (z, o) in z_rest.iter().zip(o_rest) {
-        *o = neg_g * exp_nonpos::<FMA>((*z - max) - log_sum);
-    }
-    if let Some(o) = out.get_mut(label) {
-        *o += g;
+    if let Some(x) = out.get_mut(label) {
+        *x += g;
     }
 }
 
@@ -203,20 +222,32 @@ fn forward_rows_generic<const FMA: bool>(
     }
 }
 
+/// `out` holds the logits already (`logits = None`, in place) or gets each row copied from
+/// `logits` just before it is transformed, while the row is in cache.
 #[inline(always)]
 fn backward_rows_generic<const FMA: bool>(
-    logits: &[f32],
+    logits: Option<&[f32]>,
     vocab: usize,
     rows: RowsRef<'_>,
     out: &mut [f32],
 ) {
-    let per_row = logits.chunks_exact(vocab).zip(out.chunks_exact_mut(vocab));
-    for (n, (row, o)) in per_row.enumerate() {
+    for (n, o) in out.chunks_exact_mut(vocab).enumerate() {
         let y = rows.labels.get(n).and_then(|&l| label_index(l, vocab));
-        match (y, rows.max.get(n), rows.log_sum.get(n), rows.grad.get(n)) {
-            (Some(y), Some(&m), Some(&ls), Some(&g)) => row_backward::<FMA>(row, y, m, ls, g, o),
-            _ => o.fill(0.0),
-        }
+        let (Some(y), Some(&m), Some(&ls), Some(&g)) =
+            (y, rows.max.get(n), rows.log_sum.get(n), rows.grad.get(n))
+        else {
+            o.fill(0.0);
+            continue;
+        };
+        // `None`: in place, `o` holds the row's logits.
+        let source = match logits.map(|z| z.get(n * vocab..(n + 1) * vocab)) {
+            Some(None) => {
+                o.fill(0.0); // logits shorter than their rows: never from this crate
+                continue;
+            }
+            source => source.flatten(),
+        };
+        row_backward::<FMA>(source, o, y, (m, ls, g));
     }
 }
 
@@ -244,7 +275,7 @@ fn forward_rows_avx2(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn backward_rows_avx2(logits: &[f32], vocab: usize, rows: RowsRef<'_>, out: &mut [f32]) {
+fn backward_rows_avx2(logits: Option<&[f32]>, vocab: usize, rows: RowsRef<'_>, out: &mut [f32]) {
     backward_rows_generic::<true>(logits, vocab, rows, out)
 }
 
@@ -275,7 +306,7 @@ fn forward_rows(
     forward_rows_generic::<false>(logits, vocab, labels, logp, max, log_sum)
 }
 
-fn backward_rows(logits: &[f32], vocab: usize, rows: RowsRef<'_>, out: &mut [f32]) {
+fn backward_rows(logits: Option<&[f32]>, vocab: usize, rows: RowsRef<'_>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available (checked at run time just above).
@@ -355,17 +386,33 @@ fn advise_huge_pages(buf: &[f32]) {
     }
 }
 
-/// Backward: `dlogits [N·V]` for the per-row inputs `rows`.
+/// Backward: `dlogits [N·V]` for the per-row inputs `rows`, in a new buffer.
 pub(crate) fn backward(logits: &[f32], vocab: usize, rows: &Rows) -> Vec<f32> {
+    let mut out = zeroed(rows.labels.len() * vocab);
+    backward_into(Some(logits), vocab, rows, &mut out);
+    out
+}
+
+/// Backward written over the logits themselves: no `[N, V]` allocation, for logits that
+/// nothing else holds.
+pub(crate) fn backward_in_place(logits: &mut [f32], vocab: usize, rows: &Rows) {
+    backward_into(None, vocab, rows, logits);
+}
+
+fn backward_into(logits: Option<&[f32]>, vocab: usize, rows: &Rows, out: &mut [f32]) {
     let n = rows.labels.len();
-    let mut out = zeroed(n * vocab);
     if n == 0 || vocab == 0 {
-        return out;
+        return;
     }
     let per = rows_per_thread(n, vocab);
+    // `None` splits into `None`s: the in-place case has no separate source.
+    let sources: Vec<Option<&[f32]>> = match logits {
+        Some(z) => z.chunks(per * vocab).map(Some).collect(),
+        None => vec![None; n.div_ceil(per)],
+    };
     std::thread::scope(|s| {
-        let parts = logits
-            .chunks(per * vocab)
+        let parts = sources
+            .into_iter()
             .zip(out.chunks_mut(per * vocab))
             .zip(rows.labels.chunks(per).zip(rows.grad.chunks(per)))
             .zip(rows.max.chunks(per).zip(rows.log_sum.chunks(per)));
@@ -383,7 +430,6 @@ pub(crate) fn backward(logits: &[f32], vocab: usize, rows: &Rows) -> Vec<f32> {
             }
         }
     });
-    out
 }
 
 #[cfg(test)]
