@@ -9,8 +9,11 @@
 //! - `Autodiff<B, C>` implements it with a custom backward step ([`autodiff`]) that saves only
 //!   the row max and row log-sum `[N]` (the logits are kept alive by reference, not copied).
 //! - Flex and NdArray run the fused slice kernels of [`kernel`]: one read pass per row forward,
-//!   one read + one write pass backward, vectorised `exp`, all cores.
+//!   one read + one write pass backward, vectorised `exp`, all cores. On flex the backward
+//!   writes over the logits when nothing else holds them.
 //! - CubeCL backends (wgpu) use the composed tensor-op bodies of [`composed`].
+//! - [`linear`] runs the same kernels on row chunks of `hidden · weightᵀ`, so an LM head's
+//!   logits are never stored whole.
 //!
 //! A row whose label is outside `[0, V)` is invalid: its log-prob and gradient are exactly 0 and
 //! its logits are never read by the CPU kernels.
