@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_reduction(LogpReduction::Sum)
         .init()?;
     let policy = gatherer.forward(policy_logits, labels.clone())?;
-    let reference = gatherer.forward(reference_logits, labels)?.logps;
+    let reference = gatherer.forward(reference_logits, labels.clone())?.logps;
     println!("sequence log-probs (policy):    {}", show(&policy.logps));
     println!("sequence log-probs (reference): {}", show(&reference));
     println!("valid tokens per sequence:      {}", show(&policy.counts));
@@ -97,6 +97,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "RRHF (hinge, α = 1)",
         RrhfConfig::new().init()?.forward(ranked)?,
     );
+
+    // At real vocabularies, go from the last hidden states and the LM head's weight [V, H]
+    // straight to the log-probs: the [B, T, V] logits are never stored, chunk by chunk.
+    let width = 16;
+    let hidden = Tensor::<3>::random(
+        [batch, time, width],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let lm_head = Tensor::<2>::random([vocab, width], Distribution::Normal(0.0, 0.5), &device);
+    let fused = gatherer.forward_linear(hidden.clone(), lm_head.clone(), labels.clone())?;
+    let logits = hidden.matmul(lm_head.transpose().unsqueeze_dim(0));
+    let materialised = gatherer.forward(logits, labels)?;
+    println!("\nLM head, fused:        {}", show(&fused.logps));
+    println!("LM head, materialised: {}", show(&materialised.logps));
     Ok(())
 }
 
