@@ -3,7 +3,7 @@
 //! Three actions with a total order a ≻ b ≻ c, seen as the pairs D1 = {(a,b), (b,c), (a,c)}.
 //! Every preference is deterministic, so DPO's optimal margin is infinite: π(a) → 1 whatever β.
 //! IPO pulls each margin to the finite target 1/(2τ) and stops at
-//! `θ_a − θ_b = θ_b − θ_c = 1/(3τ)` (SPEC §5): a larger τ keeps the policy closer to the
+//! `θ_a − θ_b = θ_b − θ_c = 1/(3τ)`: a larger τ keeps the policy closer to the
 //! uniform reference.
 //!
 //! ```sh
@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             );
             if loss == ToyLoss::Ipo {
                 let optimum = toy::ipo_optimum(tau).map(|p| format!("{p:.6}")).join(",");
-                eprintln!("IPO closed form for τ = {tau} (SPEC §5): [{optimum}]");
+                eprintln!("IPO closed form for τ = {tau}: [{optimum}]");
             }
             for (action, name) in ["a", "b", "c"].iter().enumerate() {
                 lines.push(Line {

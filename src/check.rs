@@ -1,6 +1,6 @@
 //! Input validation shared by every public function.
 
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::error::{PreferenceError, Result};
 
@@ -127,4 +127,48 @@ pub(crate) fn finite_values<const D: usize>(
         });
     }
     Ok(values)
+}
+
+/// Checks that every tensor of one call lives on the device of the first, `args[0]`. A device
+/// with and without autodiff is the same device (burn's `Device` equality ignores autodiff).
+pub(crate) fn same_device(args: &[(&'static str, Device)]) -> Result<()> {
+    let Some((reference_arg, reference)) = args.first() else {
+        return Ok(());
+    };
+    for (arg, device) in &args[1..] {
+        if device != reference {
+            return Err(PreferenceError::DeviceMismatch {
+                arg,
+                device: format!("{device:?}"),
+                reference_arg,
+                reference_device: format!("{reference:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rejects NaN and ±inf in `values` (the row-major contents of a tensor of shape `dims`),
+/// naming the first offending position.
+pub(crate) fn all_finite(arg: &'static str, values: &[f32], dims: &[usize]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(flat) => Err(PreferenceError::NonFinite {
+            arg,
+            index: unravel(flat, dims),
+            found: values[flat].to_string(),
+        }),
+    }
+}
+
+/// The multi-index of the row-major position `flat` in a tensor of shape `dims`.
+pub(crate) fn unravel(flat: usize, dims: &[usize]) -> Vec<usize> {
+    let mut rest = flat;
+    let mut index = vec![0; dims.len()];
+    for (slot, &size) in index.iter_mut().zip(dims).rev() {
+        let size = size.max(1);
+        *slot = rest % size;
+        rest /= size;
+    }
+    index
 }

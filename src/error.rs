@@ -7,6 +7,7 @@
 ///
 /// Each message names the argument, what was expected and what came.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PreferenceError {
     /// A tensor has the wrong shape.
     #[error("`{arg}` has shape {actual:?}, expected {expected}")]
@@ -73,6 +74,32 @@ pub enum PreferenceError {
         arg: &'static str,
         /// Why it is needed.
         why: &'static str,
+    },
+
+    /// Two tensors of one call live on different devices (e.g. flex and wgpu). A device with
+    /// and without autodiff counts as the same device.
+    #[error("`{arg}` is on {device}, but `{reference_arg}` is on {reference_device}")]
+    DeviceMismatch {
+        /// The argument on the other device.
+        arg: &'static str,
+        /// Its device, formatted.
+        device: String,
+        /// The argument that fixes the device.
+        reference_arg: &'static str,
+        /// That argument's device, formatted.
+        reference_device: String,
+    },
+
+    /// A NaN or infinite value where the computation needs finite numbers (the opt-in
+    /// finiteness check of the loss inputs, or a hyper-parameter-like tensor such as lengths).
+    #[error("`{arg}` must be finite, found {found} at index {index:?}")]
+    NonFinite {
+        /// The argument's name.
+        arg: &'static str,
+        /// The position of the first offending value (row-major multi-index).
+        index: Vec<usize>,
+        /// The value, formatted (`NaN`, `inf`, `-inf`).
+        found: String,
     },
 
     /// Reading a tensor back to the host (for validation) failed on the device.

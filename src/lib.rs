@@ -38,6 +38,7 @@ pub mod logps;
 pub mod loss;
 pub mod metrics;
 mod numerics;
+mod ranking;
 pub mod ratios;
 
 pub use error::{PreferenceError, Result};

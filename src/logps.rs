@@ -1,4 +1,4 @@
-//! Sequence log-probabilities from language-model logits (SPEC §1).
+//! Sequence log-probabilities from language-model logits.
 //!
 //! Every preference loss starts here: the policy's (and reference's) log-probability of each
 //! response, `log π(y|x) = Σ_t log softmax(z_t)[y_t]` over the response's valid tokens.
@@ -39,6 +39,24 @@ pub struct SequenceLogpsConfig {
     /// Also return the per-token log-probs `[B, T']` (`T' = T − 1` with shift). Default: `false`.
     #[config(default = false)]
     pub return_token_logps: bool,
+    /// Also return the entropy of each predicted token's distribution `[B, T']`,
+    /// `H = −Σ_v p_v log p_v` (differentiable), from the same pass over the logits.
+    /// Default: `false`.
+    #[config(default = false)]
+    pub return_entropy: bool,
+    /// Also return `log Σ_v p_v²` per token `[B, T']` (WPO's weights), detached, from the same
+    /// pass. Default: `false`.
+    #[config(default = false)]
+    pub return_log_sum_sq_probs: bool,
+    /// Also return the mean logit over the vocabulary per token `[B, T']` (TRL's
+    /// `logits/chosen`), detached, from the same pass. Default: `false`.
+    #[config(default = false)]
+    pub return_mean_logits: bool,
+    /// Also return whether each label is the argmax of its logits `[B, T']` (TRL's
+    /// `mean_token_accuracy`; a tie with an earlier token does not count), from the same pass.
+    /// Default: `false`.
+    #[config(default = false)]
+    pub return_is_top1: bool,
     /// Rows of hidden states per chunk in [`SequenceLogps::forward_linear`]: the `[chunk, V]`
     /// logits block (and its gradient) is the only vocabulary-sized buffer it holds. Larger
     /// chunks make bigger, faster matrix products; 256 rows at `V = 128 256` are 131 MB.
@@ -120,6 +138,17 @@ pub struct SequenceLogpsOutput {
     pub counts: Tensor<1>,
     /// Per-token log-probs `[B, T']`, 0 at invalid positions; only when requested.
     pub token_logps: Option<Tensor<2>>,
+    /// The valid (counted) positions `[B, T']`.
+    pub valid: Tensor<2, Bool>,
+    /// Per-token entropy `[B, T']`, 0 at invalid positions; only when requested.
+    pub entropy: Option<Tensor<2>>,
+    /// Per-token `log Σ_v p_v²` `[B, T']`, 0 at invalid positions, detached; only when requested.
+    pub log_sum_sq_probs: Option<Tensor<2>>,
+    /// Per-token mean logit `[B, T']`, 0 at invalid positions, detached; only when requested.
+    pub mean_logits: Option<Tensor<2>>,
+    /// Per-token "the label is the argmax" `[B, T']`, false at invalid positions; only when
+    /// requested.
+    pub is_top1: Option<Tensor<2, Bool>>,
 }
 
 impl SequenceLogps {
@@ -328,7 +357,7 @@ impl SequenceLogps {
 
     /// Per-sequence reduction of token log-probs that are already 0 at invalid positions.
     fn reduce(&self, token_logps: Tensor<2>, valid: Tensor<2, Bool>) -> SequenceLogpsOutput {
-        let counts = valid.float().sum_dim(1).squeeze_dim::<1>(1);
+        let counts = valid.clone().float().sum_dim(1).squeeze_dim::<1>(1);
         let sums = token_logps.clone().sum_dim(1).squeeze_dim::<1>(1);
         let logps = match self.reduction {
             LogpReduction::Sum => sums,
@@ -341,6 +370,11 @@ impl SequenceLogps {
             logps,
             counts,
             token_logps: self.return_token_logps.then_some(token_logps),
+            valid,
+            entropy: None,
+            log_sum_sq_probs: None,
+            mean_logits: None,
+            is_top1: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Metrics trainers log (SPEC §4): implicit rewards, margins, preference and ranking
+//! Metrics trainers log: implicit rewards, margins, preference and ranking
 //! accuracy, and the KL divergence from the reference.
 //!
 //! Names follow TRL's logs: `rewards/chosen`, `rewards/rejected`, `rewards/margins`,
@@ -10,7 +10,7 @@ use burn::tensor::{Int, Tensor};
 use crate::check;
 use crate::error::Result;
 use crate::logps::{SequenceLogps, widen};
-use crate::loss::batch::Ranking;
+use crate::ranking::{self, Ranking};
 
 /// The metrics returned with every loss; all detached.
 #[derive(Debug, Clone)]
@@ -77,9 +77,11 @@ pub fn preference_accuracy(rewards_chosen: Tensor<1>, rewards_rejected: Tensor<1
 /// # Shapes
 /// - values, scores: `[B, K]`
 pub fn ranking_accuracy(values: Tensor<2>, scores: Tensor<2>) -> Result<Tensor<1>> {
-    let batch = crate::loss::PreferenceBatch::ranked(values, scores)?;
-    let ranking = batch.ranking();
-    Ok(PreferenceMetrics::from_rewards(batch.policy, &ranking).ranking_accuracy)
+    check::same_device(&[("values", values.device()), ("scores", scores.device())])?;
+    let [batch, candidates] = values.dims();
+    let scores = ranking::read_scores("values", values.dims(), scores)?;
+    let ranking = Ranking::new(&scores, batch, candidates, &values.device());
+    Ok(PreferenceMetrics::from_rewards(values, &ranking).ranking_accuracy)
 }
 
 /// Exact token-level `KL(π ‖ π_ref)` of a batch.

@@ -1,4 +1,4 @@
-//! Policy/reference log-ratios `ρ(y) = log π(y|x) − log π_ref(y|x)` (SPEC §2).
+//! Policy/reference log-ratios `ρ(y) = log π(y|x) − log π_ref(y|x)`.
 //!
 //! The reference is always a constant: it is detached, so no gradient reaches it whether it
 //! comes from a frozen model's forward pass or from log-probs precomputed once and stored.
@@ -26,6 +26,10 @@ pub fn log_ratios<const D: usize>(
     match reference {
         None => Ok(policy),
         Some(reference) => {
+            check::same_device(&[
+                ("policy", policy.device()),
+                ("reference", reference.device()),
+            ])?;
             let want = policy.dims().map(Some);
             check::shape("reference", reference.dims(), want, "the policy's shape")?;
             Ok(policy.sub(reference.detach()))
@@ -65,6 +69,10 @@ pub fn pairwise_log_ratios(
     reference: Option<(Tensor<1>, Tensor<1>)>,
 ) -> Result<PairwiseRatios> {
     let [batch] = policy_chosen.dims();
+    check::same_device(&[
+        ("policy_chosen", policy_chosen.device()),
+        ("policy_rejected", policy_rejected.device()),
+    ])?;
     check::batch(
         "policy_rejected",
         policy_rejected.dims()[0],

@@ -1,4 +1,4 @@
-//! The IPO paper's toy problem (Azar et al. 2023, Fig. 1; SPEC §5), shared by the
+//! The IPO paper's toy problem (Azar et al. 2023, Fig. 1), shared by the
 //! `toy_ipo_vs_dpo` example and the test that checks it.
 //!
 //! Three actions a, b, c; the policy is `softmax(θ)` from θ = 0; the reference is uniform; the
@@ -45,7 +45,7 @@ pub struct ToySetup {
     pub batch_size: usize,
     pub seed: u64,
     /// `true` (the default): each batch holds every pair of D1 equally often, so each step
-    /// follows the gradient of the equally weighted objective whose optimum SPEC §5 gives.
+    /// follows the gradient of the equally weighted objective whose optimum has the closed form below.
     /// `false`: every pair of a batch is drawn independently and uniformly from D1; the same
     /// objective in expectation, but Adam at learning rate 0.01 then jitters around the optimum
     /// by up to about ±0.015 in probability, so the last step misses the closed form by more
@@ -83,7 +83,7 @@ struct Policy {
     theta: Param<Tensor<1>>,
 }
 
-/// IPO's optimum on D1 with the three pairs weighted equally (SPEC §5):
+/// IPO's optimum on D1 with the three pairs weighted equally:
 /// `θ_a − θ_b = θ_b − θ_c = 1/(3τ)`.
 pub fn ipo_optimum(tau: f64) -> [f64; 3] {
     let gap = 1.0 / (3.0 * tau);

@@ -1,5 +1,5 @@
 //! Fused token log-probs: `ℓ_n = z_{n,y_n} − logsumexp_v z_{n,v}` over rows of `[N, V]` logits,
-//! with a hand-written backward `∂ℓ_n/∂z_{n,v} = 1[v = y_n] − softmax(z_n)_v` (SPEC §1).
+//! with a hand-written backward `∂ℓ_n/∂z_{n,v} = 1[v = y_n] − softmax(z_n)_v`.
 //!
 //! The straightforward tensor-op path (max, gather, `exp(z − m)`, sum, log) makes several passes
 //! over `[N, V]`, builds `[N, V]` temporaries, and its autodiff backward builds more. Here:

@@ -1,9 +1,10 @@
 //! The input of every loss: `B` prompts × `K` candidates, and which candidate beats which.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::check;
 use crate::error::{PreferenceError, Result};
+use crate::ranking::{self, Ranking};
 use crate::ratios::{log_ratios, split_concatenated};
 
 /// Sequence log-probs of `K ≥ 2` candidate responses for each of `B` prompts, with their
@@ -35,7 +36,11 @@ impl PreferenceBatch {
     /// [`PreferenceError::BatchMismatch`] when the sizes differ, [`PreferenceError::Empty`] for
     /// `B = 0`.
     pub fn pairwise(policy_chosen: Tensor<1>, policy_rejected: Tensor<1>) -> Result<Self> {
-        Self::ranked_by_position(stack_pair("policy", policy_chosen, policy_rejected)?)
+        let policy = stack_pair(
+            ("policy_chosen", policy_chosen),
+            ("policy_rejected", policy_rejected),
+        )?;
+        Self::ranked_by_position(policy)
     }
 
     /// A pairwise batch from one concatenated `[2B]` tensor, chosen rows first (one forward
@@ -77,9 +82,10 @@ impl PreferenceBatch {
     /// As [`ranked_by_position`](Self::ranked_by_position), plus [`PreferenceError::Shape`] when
     /// the scores' shape differs and [`PreferenceError::InvalidValue`] for NaN scores.
     pub fn ranked(policy: Tensor<2>, scores: Tensor<2>) -> Result<Self> {
+        check::same_device(&[("policy", policy.device()), ("scores", scores.device())])?;
+        let values = ranking::read_scores("policy", policy.dims(), scores)?;
         let mut batch = Self::ranked_by_position(policy)?;
-        batch.check_candidates("scores", &scores)?;
-        batch.scores = Some(check::finite_values("scores", scores)?);
+        batch.scores = Some(values);
         Ok(batch)
     }
 
@@ -98,7 +104,10 @@ impl PreferenceBatch {
     /// # Errors
     /// As [`with_reference`](Self::with_reference).
     pub fn with_pairwise_reference(self, chosen: Tensor<1>, rejected: Tensor<1>) -> Result<Self> {
-        let reference = stack_pair("reference", chosen, rejected)?;
+        let reference = stack_pair(
+            ("reference_chosen", chosen),
+            ("reference_rejected", rejected),
+        )?;
         self.with_reference(reference)
     }
 
@@ -115,9 +124,19 @@ impl PreferenceBatch {
     /// the `counts` of [`SequenceLogpsOutput`](crate::SequenceLogpsOutput), reshaped.
     ///
     /// # Errors
-    /// As [`with_reference`](Self::with_reference).
+    /// As [`with_reference`](Self::with_reference), and [`PreferenceError::NonFinite`] or
+    /// [`PreferenceError::InvalidValue`] for a length that is NaN, infinite or negative.
     pub fn with_lengths(mut self, lengths: Tensor<2>) -> Result<Self> {
         self.check_candidates("lengths", &lengths)?;
+        let values = check::read_floats("lengths", lengths.clone())?;
+        check::all_finite("lengths", &values, &lengths.dims())?;
+        if let Some(bad) = values.iter().find(|n| **n < 0.0) {
+            return Err(PreferenceError::InvalidValue {
+                arg: "lengths",
+                expected: "token counts >= 0",
+                found: bad.to_string(),
+            });
+        }
         self.lengths = Some(lengths.detach());
         Ok(self)
     }
@@ -131,11 +150,15 @@ impl PreferenceBatch {
         let [batch, candidates] = self.policy.dims();
         if candidates != 2 {
             return Err(PreferenceError::Shape {
-                arg: "soft_labels",
-                expected: "a pairwise batch (K = 2)".to_string(),
+                arg: "policy",
+                expected: "a pairwise batch [B, 2] to take soft labels".to_string(),
                 actual: self.policy.dims().to_vec(),
             });
         }
+        check::same_device(&[
+            ("policy", self.policy.device()),
+            ("soft_labels", labels.device()),
+        ])?;
         check::batch("soft_labels", labels.dims()[0], "policy", batch)?;
         let values = check::read_floats("soft_labels", labels.clone())?;
         if let Some(bad) = values.iter().find(|q| !(0.0..=1.0).contains(*q)) {
@@ -187,6 +210,7 @@ impl PreferenceBatch {
     }
 
     fn check_candidates(&self, arg: &'static str, tensor: &Tensor<2>) -> Result<()> {
+        check::same_device(&[("policy", self.policy.device()), (arg, tensor.device())])?;
         let [batch, candidates] = self.policy.dims();
         check::batch(arg, tensor.dims()[0], "policy", batch)?;
         check::shape(
@@ -198,94 +222,17 @@ impl PreferenceBatch {
     }
 }
 
-fn stack_pair(arg: &'static str, chosen: Tensor<1>, rejected: Tensor<1>) -> Result<Tensor<2>> {
+/// `[B]` chosen and `[B]` rejected → `[B, 2]`, each side named for its errors.
+fn stack_pair(
+    (chosen_arg, chosen): (&'static str, Tensor<1>),
+    (rejected_arg, rejected): (&'static str, Tensor<1>),
+) -> Result<Tensor<2>> {
     let [batch] = chosen.dims();
-    check::non_empty(arg, batch)?;
-    check::batch(arg, rejected.dims()[0], arg, batch)?;
+    check::non_empty(chosen_arg, batch)?;
+    check::same_device(&[
+        (chosen_arg, chosen.device()),
+        (rejected_arg, rejected.device()),
+    ])?;
+    check::batch(rejected_arg, rejected.dims()[0], chosen_arg, batch)?;
     Ok(Tensor::stack(vec![chosen, rejected], 1))
-}
-
-/// The ordered pairs of a batch, built on the host from the scores and moved to the device.
-#[derive(Debug, Clone)]
-pub(crate) struct Ranking {
-    /// `[B, K, K]`: 1 where candidate `i` beats `j` (`r_i > r_j`), else 0.
-    pub(crate) beats: Tensor<3>,
-    /// `[B]`: the number of ordered pairs of each prompt.
-    pub(crate) pairs: Tensor<1>,
-    /// `[B]`: the best-scored candidate (the lowest index among equals).
-    pub(crate) best: Tensor<1, Int>,
-    /// `[B]`: the worst-scored candidate (the highest index among equals).
-    pub(crate) worst: Tensor<1, Int>,
-}
-
-impl Ranking {
-    fn new(scores: &[f32], batch: usize, candidates: usize, device: &Device) -> Self {
-        let mut beats = vec![0.0f32; batch * candidates * candidates];
-        let mut pairs = vec![0.0f32; batch];
-        let (mut best, mut worst) = (vec![0i64; batch], vec![0i64; batch]);
-        for (b, row) in scores.chunks(candidates).enumerate() {
-            for (i, ri) in row.iter().enumerate() {
-                for (j, rj) in row.iter().enumerate() {
-                    if ri > rj {
-                        beats[(b * candidates + i) * candidates + j] = 1.0;
-                        pairs[b] += 1.0;
-                    }
-                }
-                if *ri > row[best[b] as usize] {
-                    best[b] = i as i64;
-                }
-                if *ri <= row[worst[b] as usize] {
-                    worst[b] = i as i64;
-                }
-            }
-        }
-        Self {
-            beats: Tensor::from_data(
-                TensorData::new(beats, [batch, candidates, candidates]),
-                device,
-            ),
-            pairs: Tensor::from_data(TensorData::new(pairs, [batch]), device),
-            best: Tensor::from_data(TensorData::new(best, [batch]), device),
-            worst: Tensor::from_data(TensorData::new(worst, [batch]), device),
-        }
-    }
-
-    /// The mean of `pair_values [B, K, K]` over each prompt's ordered pairs `[B]` (0 when a
-    /// prompt has none: all its candidates tie).
-    pub(crate) fn mean_over_pairs(&self, pair_values: Tensor<3>) -> Tensor<1> {
-        self.sum_over_pairs(pair_values)
-            .div(self.pairs.clone().clamp_min(1.0))
-    }
-
-    /// The sum of `pair_values [B, K, K]` over each prompt's ordered pairs `[B]`.
-    pub(crate) fn sum_over_pairs(&self, pair_values: Tensor<3>) -> Tensor<1> {
-        // mask_where rather than a product: a non-pair entry never leaks a NaN or inf.
-        let outside = self.beats.clone().equal_elem(0.0);
-        pair_values
-            .mask_fill(outside, 0.0)
-            .sum_dims_squeeze::<1, _>(&[1, 2])
-    }
-
-    /// `x_i − x_j` for every `(i, j)`: `[B, K]` → `[B, K, K]`.
-    pub(crate) fn differences(values: Tensor<2>) -> Tensor<3> {
-        let [batch, candidates] = values.dims();
-        let rows = values.clone().reshape([batch, candidates, 1]);
-        let cols = values.reshape([batch, 1, candidates]);
-        rows.sub(cols)
-    }
-
-    /// `values [B, K]` at the best-scored candidate `[B]`.
-    pub(crate) fn at_best(&self, values: Tensor<2>) -> Tensor<1> {
-        pick(values, self.best.clone())
-    }
-
-    /// `values [B, K]` at the worst-scored candidate `[B]`.
-    pub(crate) fn at_worst(&self, values: Tensor<2>) -> Tensor<1> {
-        pick(values, self.worst.clone())
-    }
-}
-
-fn pick(values: Tensor<2>, index: Tensor<1, Int>) -> Tensor<1> {
-    let [batch] = index.dims();
-    values.gather(1, index.reshape([batch, 1])).reshape([batch])
 }

@@ -1,8 +1,8 @@
-//! Preference losses (SPEC §3): ΨPO and its named forms DPO and IPO, and RRHF.
+//! Preference losses: ΨPO and its named forms DPO and IPO, and RRHF.
 //!
 //! Every loss implements [`PreferenceLoss`]: it takes a [`PreferenceBatch`] of `B` prompts with
 //! `K ≥ 2` candidate responses each and returns a [`PreferenceOutput`] with the reduced loss, the
-//! per-prompt losses and the metrics of SPEC §4.
+//! per-prompt losses and the metrics of [`PreferenceMetrics`].
 //!
 //! | loss | per ordered pair `i ≻ j`, `h = ρ_i − ρ_j` | reference | pick it when |
 //! |---|---|---|---|
@@ -62,7 +62,7 @@ pub struct PreferenceOutput {
     pub loss: Tensor<1>,
     /// The loss of each prompt `[B]` (a prompt's ordered pairs are averaged).
     pub losses: Tensor<1>,
-    /// Detached metrics (SPEC §4).
+    /// Detached metrics.
     pub metrics: PreferenceMetrics,
 }
 

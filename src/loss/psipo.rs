@@ -3,12 +3,12 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use super::batch::Ranking;
 use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction};
 use crate::check;
 use crate::error;
 use crate::metrics::PreferenceMetrics;
 use crate::numerics::softplus;
+use crate::ranking::Ranking;
 
 /// The Ψ of ΨPO's objective `max_π E[Ψ(p*(y ≻ y'))] − β·KL(π ‖ π_ref)`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]

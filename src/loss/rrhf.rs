@@ -2,12 +2,12 @@
 
 use burn::config::Config;
 
-use super::batch::Ranking;
 use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction};
 use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::metrics::PreferenceMetrics;
 use crate::numerics::softplus;
+use crate::ranking::Ranking;
 
 /// The rank term of RRHF.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
