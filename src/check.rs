@@ -78,6 +78,22 @@ pub(crate) fn param(
     }
 }
 
+/// The range every KL coefficient (DPO's β, IPO's τ) must lie in: inside it `β·h`, `β·ρ` and
+/// IPO's squared target `(1/(2τ))²` stay far from `f32`'s overflow for any finite margin a
+/// language model produces, and outside it no preference loss is meaningful.
+pub(crate) const KL_COEF_RANGE: (f64, f64) = (1e-8, 1e8);
+
+/// Checks a KL coefficient against [`KL_COEF_RANGE`].
+pub(crate) fn kl_coefficient(name: &'static str, value: f64) -> Result<()> {
+    let (lo, hi) = KL_COEF_RANGE;
+    param(name, value, "in [1e-8, 1e8]", |b| (lo..=hi).contains(&b))
+}
+
+/// The largest length exponent (`LengthPower(α)`, RRHF's length penalty): `n^α` for counts
+/// `n ≥ 1` is then computed without panicking in burn's `powf_scalar` (which fails for
+/// exponents near `i64::MAX`), and values beyond it only overflow `n^α` to `inf` anyway.
+pub(crate) const MAX_LENGTH_EXPONENT: f64 = 1e6;
+
 /// Reads a float tensor to the host as `f32`.
 pub(crate) fn read_floats<const D: usize>(
     arg: &'static str,

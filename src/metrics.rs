@@ -8,7 +8,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
 use crate::check;
-use crate::error::Result;
+use crate::error::{PreferenceError, Result};
 use crate::logps::{SequenceLogps, widen};
 use crate::ranking::{self, Ranking};
 
@@ -146,17 +146,48 @@ pub fn token_kl(
 /// probability vectors (toy problems, e.g. a policy `softmax(θ)` over a few actions) `[1]`.
 /// Terms with `p_c = 0` contribute 0; `q_c = 0` where `p_c > 0` gives `+∞`, as it should.
 ///
+/// Both vectors are read back once to check that they are distributions (entries in `[0, 1]`,
+/// summing to 1 within `1e-4`): a KL of anything else can be negative or NaN.
+///
 /// # Errors
 /// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the lengths differ,
-/// [`PreferenceError::Empty`](crate::PreferenceError::Empty) when 0.
+/// [`PreferenceError::Empty`](crate::PreferenceError::Empty) when 0,
+/// [`PreferenceError::DeviceMismatch`](crate::PreferenceError::DeviceMismatch) when `p` and `q`
+/// live on different devices, and
+/// [`PreferenceError::InvalidValue`](crate::PreferenceError::InvalidValue) when either is not a
+/// probability vector (NaN, outside `[0, 1]`, or not summing to 1).
 ///
 /// # Shapes
 /// - p, q: `[C]`
 pub fn categorical_kl(p: Tensor<1>, q: Tensor<1>) -> Result<Tensor<1>> {
     let [classes] = p.dims();
     check::non_empty("p", classes)?;
+    check::same_device(&[("p", p.device()), ("q", q.device())])?;
     check::shape("q", q.dims(), [Some(classes)], "[C]")?;
+    check_distribution("p", p.clone())?;
+    check_distribution("q", q.clone())?;
     let absent = p.clone().equal_elem(0.0);
     let terms = p.clone().mul(p.log().sub(q.log())).mask_fill(absent, 0.0);
     Ok(terms.sum())
+}
+
+/// Entries in `[0, 1]` (no NaN) that sum to 1 within `1e-4`.
+fn check_distribution(arg: &'static str, probs: Tensor<1>) -> Result<()> {
+    let values = check::read_floats(arg, probs)?;
+    if let Some(bad) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(PreferenceError::InvalidValue {
+            arg,
+            expected: "probabilities in [0, 1]",
+            found: bad.to_string(),
+        });
+    }
+    let total: f64 = values.iter().map(|&v| f64::from(v)).sum();
+    if (total - 1.0).abs() > 1e-4 {
+        return Err(PreferenceError::InvalidValue {
+            arg,
+            expected: "a probability vector summing to 1",
+            found: format!("a sum of {total}"),
+        });
+    }
+    Ok(())
 }

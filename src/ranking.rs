@@ -70,6 +70,16 @@ impl Ranking {
             .sum_dims_squeeze::<1, _>(&[1, 2])
     }
 
+    /// `x_i − x_j` for the ordered pairs `i ≻ j`, 0 elsewhere: `[B, K]` → `[B, K, K]`.
+    ///
+    /// The non-pairs are zeroed *before* a per-pair loss sees them: the diagonal `x_i − x_i` is
+    /// NaN for an infinite `x_i`, and a NaN there would reach the gradient through the loss's
+    /// derivative even when its value is masked out afterwards.
+    pub(crate) fn margins(&self, values: Tensor<2>) -> Tensor<3> {
+        let outside = self.beats.clone().equal_elem(0.0);
+        Self::differences(values).mask_fill(outside, 0.0)
+    }
+
     /// `x_i − x_j` for every `(i, j)`: `[B, K]` → `[B, K, K]`.
     pub(crate) fn differences(values: Tensor<2>) -> Tensor<3> {
         let [batch, candidates] = values.dims();

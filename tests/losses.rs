@@ -1107,13 +1107,7 @@ fn bad_inputs_get_typed_errors() {
         );
         is(
             err.clone(),
-            matches!(
-                err,
-                PreferenceError::Shape {
-                    arg: "soft_labels",
-                    ..
-                }
-            ),
+            matches!(err, PreferenceError::Shape { arg: "policy", .. }),
         );
 
         // A loss that needs a reference says so, unless told to train reference-free.

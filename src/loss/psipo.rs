@@ -8,7 +8,6 @@ use crate::check;
 use crate::error;
 use crate::metrics::PreferenceMetrics;
 use crate::numerics::softplus;
-use crate::ranking::Ranking;
 
 /// The Ψ of ΨPO's objective `max_π E[Ψ(p*(y ≻ y'))] − β·KL(π ‖ π_ref)`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub enum Psi {
 pub struct PsiPoConfig {
     /// Which Ψ.
     pub psi: Psi,
-    /// The KL coefficient: DPO's β, IPO's τ. Must be `> 0`. Default: `0.1`.
+    /// The KL coefficient: DPO's β, IPO's τ, in `[1e-8, 1e8]`. Default: `0.1`.
     #[config(default = 0.1)]
     pub beta: f64,
     /// Label smoothing `ε ∈ [0, 0.5)`: the assumed rate of flipped labels (conservative DPO).
@@ -47,14 +46,15 @@ impl PsiPoConfig {
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`PreferenceError::OutOfRange`](crate::PreferenceError::OutOfRange) for `β ≤ 0` or
+    /// [`PreferenceError::OutOfRange`](crate::PreferenceError::OutOfRange) for `β ∉ [1e-8, 1e8]`
+    /// (outside it `β·h` or IPO's target `1/(2τ)` squared leave what `f32` holds) or
     /// `ε ∉ [0, 0.5)`.
     pub fn init(&self) -> error::Result<PsiPoLoss> {
         let beta_name = match self.psi {
             Psi::Logit => "beta",
             Psi::Identity => "tau",
         };
-        check::param(beta_name, self.beta, "> 0", |b| b > 0.0)?;
+        check::kl_coefficient(beta_name, self.beta)?;
         check::param(
             "label_smoothing",
             self.label_smoothing,
@@ -177,7 +177,7 @@ impl PreferenceLoss for PsiPoLoss {
             let [prompts] = q.dims();
             q.clone().reshape([prompts, 1, 1])
         });
-        let pair_losses = self.pair_loss(Ranking::differences(ratios.clone()), labels);
+        let pair_losses = self.pair_loss(ranking.margins(ratios.clone()), labels);
         let losses = ranking.mean_over_pairs(pair_losses);
         let rewards = ratios.detach().mul_scalar(self.beta);
         Ok(PreferenceOutput {

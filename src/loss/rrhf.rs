@@ -7,7 +7,6 @@ use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::metrics::PreferenceMetrics;
 use crate::numerics::softplus;
-use crate::ranking::Ranking;
 
 /// The rank term of RRHF.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -43,10 +42,13 @@ impl RrhfConfig {
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`PreferenceError::OutOfRange`] for a negative length penalty or weight.
+    /// [`PreferenceError::OutOfRange`] for a negative weight or a length penalty outside
+    /// `[0, 1e6]`.
     pub fn init(&self) -> error::Result<RrhfLoss> {
         let non_negative = |v: f64| v >= 0.0;
-        check::param("length_penalty", self.length_penalty, ">= 0", non_negative)?;
+        check::param("length_penalty", self.length_penalty, "in [0, 1e6]", |a| {
+            (0.0..=check::MAX_LENGTH_EXPONENT).contains(&a)
+        })?;
         check::param("rank_weight", self.rank_weight, ">= 0", non_negative)?;
         check::param("ft_weight", self.ft_weight, ">= 0", non_negative)?;
         Ok(RrhfLoss {
@@ -103,7 +105,7 @@ impl PreferenceLoss for RrhfLoss {
             .div(lengths.clone().powf_scalar(self.length_penalty));
 
         // differences()[i][j] = p_i − p_j for i ≻ j; a violation is the loser j scoring higher.
-        let violations = Ranking::differences(scores.clone()).neg();
+        let violations = ranking.margins(scores.clone()).neg();
         let rank = match self.rank_loss {
             RankLoss::Hinge => ranking.sum_over_pairs(violations.clamp_min(0.0)),
             RankLoss::Logistic => ranking.mean_over_pairs(softplus(violations)),
