@@ -172,6 +172,28 @@ impl PreferenceBatch {
         Ok(self)
     }
 
+    /// Checks that the policy and reference log-probs are finite, reading them back once; the
+    /// opt-in guard of the crate's NaN/inf policy (see the crate docs: NaN flows through by
+    /// default, as in PyTorch).
+    ///
+    /// A NaN or infinite log-prob almost always means a NaN in the model's logits or a label whose
+    /// logit is `−inf`; the error names the first such `[prompt, candidate]` so the offending
+    /// example can be found. The read is a device-to-host sync of `[B, K]` values: cheap, but
+    /// not free on a GPU, hence opt-in.
+    ///
+    /// # Errors
+    /// [`PreferenceError::NonFinite`] naming `policy` or `reference` and the index `[b, k]`.
+    pub fn require_finite(self) -> Result<Self> {
+        let dims = self.policy.dims();
+        let values = check::read_floats("policy", self.policy.clone())?;
+        check::all_finite("policy", &values, &dims)?;
+        if let Some(reference) = &self.reference {
+            let values = check::read_floats("reference", reference.clone())?;
+            check::all_finite("reference", &values, &dims)?;
+        }
+        Ok(self)
+    }
+
     /// Number of prompts `B`.
     pub fn prompts(&self) -> usize {
         self.policy.dims()[0]

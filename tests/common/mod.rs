@@ -65,3 +65,33 @@ pub fn assert_close(
         );
     }
 }
+
+/// Asserts that `$result` is an `Err` whose variant matches `$pattern` (with an optional
+/// `if` guard), and returns the error for further checks. The assertion message shows the
+/// error's own text, so a wrong variant is easy to read.
+#[macro_export]
+macro_rules! assert_error {
+    ($result:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {{
+        match $result {
+            Ok(_) => panic!("expected an error matching `{}`, got Ok", stringify!($pattern)),
+            Err(err) => {
+                assert!(
+                    matches!(&err, $pattern $(if $guard)?),
+                    "expected `{}`, got {err:?}: {err}",
+                    stringify!($pattern)
+                );
+                err
+            }
+        }
+    }};
+}
+
+/// The number of randomized cases of a fuzz property: `FUZZ_CASES` (the whole campaign,
+/// default 2000) split evenly over `properties` properties, at least 1 each.
+pub fn fuzz_cases(properties: u32) -> u32 {
+    let total = std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(2000);
+    (total / properties.max(1)).max(1)
+}
