@@ -1,5 +1,5 @@
 //! Times sequence log-probs + DPO on random inputs, forward and forward+backward, the way
-//! `shared/bench/torch_ref.py` times the PyTorch peer: random normal logits `[N, T, V]`,
+//! `benches/peers/torch_peers.py` times the PyTorch peer: random normal logits `[N, T, V]`,
 //! uniform labels with about 10 % ignored (−100), chosen rows first then rejected rows, random
 //! reference log-probs. Prints one JSON line with medians of `--reps` runs after a warm-up.
 //!

@@ -29,6 +29,31 @@
 //! println!("loss {}", out.loss.into_scalar::<f32>());
 //! # Ok::<(), burn_preference::PreferenceError>(())
 //! ```
+//!
+//! # Bad input, NaN and infinity
+//!
+//! One policy, everywhere in the crate:
+//!
+//! - **Malformed input is an error, never a panic.** Shapes, batch sizes, empty batches,
+//!   tensors on different devices, hyper-parameters outside their range (or outside what `f32`
+//!   can hold), masks that are not 0/1, NaN scores, soft labels outside `[0, 1]`, negative or
+//!   non-finite lengths, probability vectors that are not distributions: each gives a typed
+//!   [`PreferenceError`] whose message names the argument, what was expected and what came.
+//!   A trainer can log it and skip the batch.
+//! - **NaN and ±inf inside logits or log-probs propagate**, as in PyTorch: checking every
+//!   logit would cost a pass over `[B, T, V]`. A NaN logit in a counted position makes that
+//!   sequence's log-prob, and so its loss, NaN. Positions that are not counted (ignored labels,
+//!   masked positions) never contribute, whatever their logits hold: their log-prob is 0 and
+//!   their gradient exactly 0.
+//! - **The opt-in guard** is [`PreferenceBatch::require_finite`]: it reads the `[B, K]`
+//!   sequence log-probs back once and returns [`PreferenceError::NonFinite`] naming the first
+//!   bad `[prompt, candidate]`, so the offending example can be found and skipped.
+//! - **Infinite log-ratios give the mathematical limit**, not NaN: a chosen response the
+//!   reference gives probability 0 (log-ratio `+inf`) has DPO loss 0 and zero gradient; one
+//!   the policy gives probability 0 has loss `+inf`.
+//! - Everything is evaluated in stable forms (max-shifted log-sum-exp, `softplus` as
+//!   `max(x, 0) + log1p(e^{−|x|})`): finite logits up to `±1e30` and margins `β·h` up to
+//!   `f32`'s range give finite values and gradients.
 #![deny(missing_docs)]
 
 mod check;

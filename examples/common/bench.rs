@@ -1,5 +1,5 @@
 //! The benchmark workload shared by `examples/bench_logps.rs` and `benches/logps.rs`: sequence
-//! log-probs + DPO on inputs shaped like `shared/bench/torch_ref.py`'s.
+//! log-probs + DPO on inputs shaped like `benches/peers/torch_peers.py`'s.
 
 use std::error::Error;
 
