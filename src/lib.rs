@@ -57,15 +57,21 @@
 #![deny(missing_docs)]
 
 mod check;
+pub mod collate;
 pub mod error;
 mod fused;
 pub mod logps;
 pub mod loss;
 pub mod metrics;
 mod numerics;
+pub mod packing;
 mod ranking;
 pub mod ratios;
 
+pub use collate::{
+    Collated, Layout, PreferenceCollator, PreferenceCollatorConfig, PreferenceExample,
+    RankedExample,
+};
 pub use error::{PreferenceError, Result};
 pub use logps::{
     LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput, sequence_logps,
@@ -78,6 +84,7 @@ pub use metrics::{
     PreferenceMetrics, TokenKl, categorical_kl, implicit_rewards, preference_accuracy,
     ranking_accuracy, token_kl,
 };
+pub use packing::Segments;
 pub use ratios::{
     PairwiseRatios, concatenated_log_ratios, log_ratios, pairwise_log_ratios, split_concatenated,
 };

@@ -10,6 +10,8 @@ use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::fused;
 
+mod packed;
+
 /// How the token log-probs of one sequence are reduced to one number, `n` valid tokens.
 #[derive(Config, Debug, Copy, PartialEq)]
 pub enum LogpReduction {
