@@ -73,8 +73,11 @@ pub use collate::{
     RankedExample,
 };
 pub use error::{PreferenceError, Result};
+#[doc(hidden)]
+pub use fused::{FusedPathCounters, fused_path_counters};
 pub use logps::{
-    LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput, sequence_logps,
+    HeadLayout, LmHead, LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput,
+    sequence_logps,
 };
 pub use loss::{
     DpoConfig, IpoConfig, PreferenceBatch, PreferenceLoss, PreferenceOutput, Psi, PsiPoConfig,

@@ -115,6 +115,13 @@ pub fn token_kl(
     labels: Tensor<2, Int>,
     mask: Option<Tensor<2, Int>>,
 ) -> Result<TokenKl> {
+    let mut devices = vec![
+        ("policy_logits", policy_logits.device()),
+        ("reference_logits", reference_logits.device()),
+        ("labels", labels.device()),
+    ];
+    devices.extend(mask.as_ref().map(|m| ("mask", m.device())));
+    check::same_device(&devices)?;
     let dims = policy_logits.dims();
     check::shape(
         "reference_logits",

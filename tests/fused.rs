@@ -5,10 +5,43 @@
 mod common;
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_preference::{LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput};
+use std::sync::{Mutex, MutexGuard};
+
+use burn_preference::{
+    FusedPathCounters, LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput,
+    fused_path_counters,
+};
 use common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
 
 const REL: f64 = 1e-5;
+
+/// The tests of this file run one at a time, so that the process-wide path counters
+/// (`fused_path_counters`) change only by what the test reading them did.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Counter increments while `f` runs.
+fn counted<R>(f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
+    let before = fused_path_counters();
+    let out = f();
+    let after = fused_path_counters();
+    let delta = FusedPathCounters {
+        kernel_forward: after.kernel_forward - before.kernel_forward,
+        composed_forward: after.composed_forward - before.composed_forward,
+        in_place_backward: after.in_place_backward - before.in_place_backward,
+        copying_backward: after.copying_backward - before.copying_backward,
+        composed_backward: after.composed_backward - before.composed_backward,
+    };
+    (out, delta)
+}
+
+/// Whether the device runs the CPU slice kernels (flex, ndarray) rather than the composed
+/// tensor-op fallback (wgpu).
+fn has_cpu_kernels(name: &str) -> bool {
+    matches!(name, "flex" | "ndarray")
+}
 
 /// Deterministic inputs: normal-ish logits times `scale`, labels in `[0, V)` with every fifth
 /// ignored (−100), one out of range (`V`) and, for `T > 2`, a masked-out position per row.
@@ -56,6 +89,7 @@ impl Inputs {
 
 fn gatherer(shift: bool, reduction: LogpReduction) -> SequenceLogps {
     SequenceLogpsConfig::new()
+        .with_strict_labels(false) // the inputs hold an out-of-range label on purpose
         .with_shift(shift)
         .with_reduction(reduction)
         .with_return_token_logps(true)
@@ -167,6 +201,7 @@ const SHAPES: &[([usize; 3], f32)] = &[
 
 #[test]
 fn values_match_the_oracle_on_every_device() {
+    let _serial = serial();
     for (name, device) in devices() {
         for &(dims, scale) in SHAPES {
             compare(name, dims, scale, &device);
@@ -176,6 +211,7 @@ fn values_match_the_oracle_on_every_device() {
 
 #[test]
 fn values_and_gradients_match_the_oracle_on_every_autodiff_device() {
+    let _serial = serial();
     for (name, device) in autodiff_devices() {
         for &(dims, scale) in SHAPES {
             compare(name, dims, scale, &device);
@@ -185,6 +221,7 @@ fn values_and_gradients_match_the_oracle_on_every_autodiff_device() {
 
 #[test]
 fn extreme_logits_match_the_oracle() {
+    let _serial = serial();
     // ±1e4: an f32 log-sum-exp rounded to ~1e-3 would show up in the gradient.
     for (name, device) in autodiff_devices() {
         compare(name, [2, 4, 40], 1e4 / 6.0, &device);
@@ -238,6 +275,7 @@ fn extreme_logits_match_the_oracle() {
 
 #[test]
 fn non_contiguous_logits_are_handled() {
+    let _serial = serial();
     // A transposed view: the CPU kernels copy it once instead of reading it in place.
     for (name, device) in autodiff_devices() {
         let logits =
@@ -283,6 +321,7 @@ fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize,
         let what =
             format!("linear {dims:?} H {width} chunk {chunk_rows} shift {shift} mask {masked}");
         let g = SequenceLogpsConfig::new()
+            .with_strict_labels(false) // the inputs hold an out-of-range label on purpose
             .with_shift(shift)
             .with_chunk_rows(chunk_rows)
             .init()
@@ -356,6 +395,7 @@ fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize,
 
 #[test]
 fn fused_lm_head_matches_the_materialised_logits() {
+    let _serial = serial();
     let devices = devices().into_iter().chain(autodiff_devices());
     for (name, device) in devices {
         // One row per chunk, chunks that do not divide B·T, one chunk for everything, and a
@@ -371,6 +411,7 @@ fn fused_lm_head_matches_the_materialised_logits() {
 
 #[test]
 fn fused_lm_head_trains_only_what_requires_a_gradient() {
+    let _serial = serial();
     // A frozen LM head (or frozen hidden states) gets no gradient; the other one is unchanged.
     for (name, device) in autodiff_devices() {
         let (b, t, h, v) = (2, 4, 5, 11);
@@ -379,6 +420,7 @@ fn fused_lm_head_trains_only_what_requires_a_gradient() {
         let weight = floats(Inputs::new([1, v, h], 1.0, 9).logits, [v, h], &device);
         let labels = ints(rows.labels, [b, t], &device);
         let g = SequenceLogpsConfig::new()
+            .with_strict_labels(false) // the inputs hold an out-of-range label on purpose
             .with_chunk_rows(3)
             .init()
             .expect("valid");
@@ -438,6 +480,7 @@ fn fused_lm_head_trains_only_what_requires_a_gradient() {
 
 #[test]
 fn logits_held_by_nobody_else_get_the_same_gradient() {
+    let _serial = serial();
     // When the operation holds the logits alone (an LM head's output moved into `forward`),
     // the CPU kernels write the gradient over them instead of allocating; a leaf the caller
     // keeps (the other tests) takes the copying path. Both must match the oracle.
@@ -445,11 +488,15 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
     let inputs = Inputs::new(dims, 2.0, 11);
     let g = gatherer(true, LogpReduction::Mean);
     for (name, device) in autodiff_devices() {
-        let grad_of = |fused: bool| {
+        let grad_of = |fused: bool, held_by_caller: bool| {
             let leaf = floats(inputs.logits.clone(), dims, &device).require_grad();
             let labels = ints(inputs.labels.clone(), [2, 5], &device);
-            // A fresh buffer that only the log-prob operation will hold.
-            let logits = leaf.clone().mul_scalar(1.5);
+            // A fresh buffer that only the log-prob operation will hold, or the leaf itself.
+            let logits = if held_by_caller {
+                leaf.clone()
+            } else {
+                leaf.clone().mul_scalar(1.5)
+            };
             let out = if fused {
                 g.forward(logits, labels)
             } else {
@@ -459,7 +506,8 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
             let grads = out.logps.sum().backward();
             leaf.grad(&grads).map(to_vec).expect("a gradient")
         };
-        let (fused, oracle) = (grad_of(true), grad_of(false));
+        let (fused, paths) = counted(|| grad_of(true, false));
+        let oracle = grad_of(false, false);
         assert_close(
             name,
             "grad, logits held by the op alone",
@@ -468,5 +516,75 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
             REL,
             1e-12,
         );
+        let (_, kept) = counted(|| grad_of(true, true));
+        if has_cpu_kernels(name) {
+            assert_eq!(
+                paths.kernel_forward, 1,
+                "[{name}] the kernel ran: {paths:?}"
+            );
+            assert_eq!(paths.composed_forward, 0, "[{name}] no fallback: {paths:?}");
+            // NdArray cannot lend its buffer for writing: it always copies.
+            let in_place = u64::from(name == "flex");
+            assert_eq!(paths.in_place_backward, in_place, "[{name}] {paths:?}");
+            assert_eq!(paths.copying_backward, 1 - in_place, "[{name}] {paths:?}");
+            // A leaf the caller still holds must not be overwritten.
+            assert_eq!(kept.in_place_backward, 0, "[{name}] {kept:?}");
+            assert_eq!(kept.copying_backward, 1, "[{name}] {kept:?}");
+        } else {
+            assert_eq!(paths.composed_forward, 1, "[{name}] {paths:?}");
+            assert_eq!(paths.composed_backward, 1, "[{name}] {paths:?}");
+            assert_eq!(paths.kernel_forward, 0, "[{name}] {paths:?}");
+        }
+    }
+}
+
+#[test]
+fn the_cpu_kernels_run_on_the_logits_and_lm_head_paths() {
+    let _serial = serial();
+    // What `compare` checks against the oracle is the kernel, not the composed fallback (which
+    // the oracle's own tensor ops resemble); the LM head runs the kernel once per chunk.
+    for (name, device) in devices() {
+        let inputs = Inputs::new([2, 4, 50], 1.0, 5);
+        let g = gatherer(true, LogpReduction::Sum);
+        let (_, fused) = counted(|| run(&inputs, &g, false, true, &device));
+        let (_, oracle) = counted(|| run(&inputs, &g, false, false, &device));
+        assert_eq!(
+            oracle,
+            FusedPathCounters::default(),
+            "[{name}] the oracle takes no fused path"
+        );
+        let hidden = floats(Inputs::new([2, 4, 3], 1.0, 6).logits, [2, 4, 3], &device);
+        let weight = floats(Inputs::new([1, 50, 3], 1.0, 7).logits, [50, 3], &device);
+        let labels = ints((0..8).map(|i| i % 50).collect(), [2, 4], &device);
+        let chunked = SequenceLogpsConfig::new()
+            .with_shift(false)
+            .with_chunk_rows(3)
+            .init()
+            .expect("valid");
+        let (_, linear) = counted(|| chunked.forward_linear(hidden, weight, labels));
+        if has_cpu_kernels(name) {
+            assert_eq!(
+                (fused.kernel_forward, fused.composed_forward),
+                (1, 0),
+                "[{name}]"
+            );
+            // 8 rows in chunks of 3.
+            assert_eq!(
+                (linear.kernel_forward, linear.composed_forward),
+                (3, 0),
+                "[{name}]"
+            );
+        } else {
+            assert_eq!(
+                (fused.kernel_forward, fused.composed_forward),
+                (0, 1),
+                "[{name}]"
+            );
+            assert_eq!(
+                (linear.kernel_forward, linear.composed_forward),
+                (0, 3),
+                "[{name}]"
+            );
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! The custom backward: `impl TokenLogpOps for Autodiff<B, C>`, the same pattern as burn's own
-//! ops (`burn-autodiff/src/ops/tensor.rs`): a step type implementing `Backward<B, 1>` whose state
-//! holds what the backward needs, registered with `prepare([node]).compute_bound().stateful()`.
+//! ops (`burn-autodiff/src/ops/tensor.rs`): a step type implementing `Backward<B, N>` whose state
+//! holds what the backward needs, registered with `prepare([nodes]).compute_bound().stateful()`.
 //!
-//! Saved: the logits primitive (a reference-counted handle, not a copy), the labels `[N]` and
-//! the row stats `[N]`. Extra memory is O(N).
+//! Saved: the logits primitive (a reference-counted handle, not a copy), the row-targets `[N]`
+//! and the row stats `[N]`. Extra memory is O(N).
+//!
+//! The op's output is `[N, K]` (log-prob and extras, one node); the upstream gradient arrives
+//! `[N, K]` as well, zero in the columns nothing differentiated (the detached extras, or an
+//! entropy computed for logging only).
 
 use burn::backend::{
     Autodiff, Backend,
@@ -16,15 +20,24 @@ use burn::backend::{
 };
 
 use super::linear::{self, Saved};
-use super::{RowStats, TokenLogpKernels, TokenLogpOps};
+use super::{LinearSpec, RowStats, Spec, TokenLogpKernels, TokenLogpOps};
 
 /// Backward step of the fused op; one differentiable parent, the logits.
 #[derive(Debug)]
 struct TokenLogpsBackward;
 
+/// What the logits step keeps: logits, row-targets, row max, row log-sum, entropy, options.
+type LogitsState<B> = (
+    FloatTensor<B>,
+    IntTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Spec,
+);
+
 impl<B: Backend + TokenLogpKernels> Backward<B, 1> for TokenLogpsBackward {
-    /// `(logits, labels, row max, row log-sum)`.
-    type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>, FloatTensor<B>);
+    type State = LogitsState<B>;
 
     fn backward(
         self,
@@ -32,33 +45,41 @@ impl<B: Backend + TokenLogpKernels> Backward<B, 1> for TokenLogpsBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let (logits, labels, max, log_sum) = ops.state;
+        let (logits, targets, max, log_sum, entropy, spec) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::token_logps_backward(logits, labels, RowStats { max, log_sum }, grad)
+            let stats = RowStats {
+                max,
+                log_sum,
+                entropy,
+            };
+            B::token_logps_backward(logits, targets, stats, grad, spec)
         });
     }
 }
 
-/// Backward step of the fused LM head; two differentiable parents, hidden states and weight.
+/// Backward step of the fused LM head: hidden states, weight and bias (a placeholder that
+/// requires no gradient when the head has none).
 #[derive(Debug)]
-struct LinearTokenLogpsBackward;
+struct LinearBackward;
 
-impl<B: Backend + TokenLogpKernels> Backward<B, 2> for LinearTokenLogpsBackward {
+impl<B: Backend + TokenLogpKernels> Backward<B, 3> for LinearBackward {
     type State = Saved<B>;
 
     fn backward(
         self,
-        ops: Ops<Self::State, 2>,
+        ops: Ops<Self::State, 3>,
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
         let grad = grads.consume::<B>(&ops.node);
-        let [hidden_node, weight_node] = ops.parents;
-        // Both gradients come from one pass over the chunks, so `binary` (one closure per
-        // parent) does not fit: register them directly.
-        let want = [hidden_node.is_some(), weight_node.is_some()];
-        let (hidden_grad, weight_grad) = linear::backward::<B>(ops.state, grad, want);
-        for (node, grad) in [(hidden_node, hidden_grad), (weight_node, weight_grad)] {
+        let [hidden_node, weight_node, bias_node] = ops.parents;
+        let want = [
+            hidden_node.is_some(),
+            weight_node.is_some(),
+            bias_node.is_some(),
+        ];
+        let [dh, dw, db] = linear::backward::<B>(ops.state, grad, want);
+        for (node, grad) in [(hidden_node, dh), (weight_node, dw), (bias_node, db)] {
             if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<B>(node.id, grad);
             }
@@ -66,8 +87,38 @@ impl<B: Backend + TokenLogpKernels> Backward<B, 2> for LinearTokenLogpsBackward 
     }
 }
 
+/// The linear forward, its state when tracked.
+fn linear_tracked<B: Backend + TokenLogpKernels>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    targets: IntTensor<B>,
+    head: LinearSpec,
+) -> (Saved<B>, FloatTensor<B>) {
+    let (out, stats) = linear::forward::<B>(
+        hidden.clone(),
+        weight.clone(),
+        bias.clone(),
+        targets.clone(),
+        head,
+    );
+    let saved = Saved {
+        hidden,
+        weight,
+        bias,
+        targets,
+        stats,
+        head,
+    };
+    (saved, out)
+}
+
 impl<B: Backend + TokenLogpKernels, C: CheckpointStrategy> TokenLogpOps for Autodiff<B, C> {
-    fn token_logps(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self> {
+    fn token_logps(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        spec: Spec,
+    ) -> FloatTensor<Self> {
         match TokenLogpsBackward
             .prepare::<C>([logits.node()])
             // Recomputing the forward would cost a full pass over the logits: keep the state.
@@ -76,11 +127,19 @@ impl<B: Backend + TokenLogpKernels, C: CheckpointStrategy> TokenLogpOps for Auto
         {
             OpsKind::Tracked(prep) => {
                 let logits = logits.into_primitive();
-                let (logp, stats) = B::token_logps_forward(logits.clone(), labels.clone());
-                prep.finish((logits, labels, stats.max, stats.log_sum), logp)
+                let (out, stats) = B::token_logps_forward(logits.clone(), targets.clone(), spec);
+                let state = (
+                    logits,
+                    targets,
+                    stats.max,
+                    stats.log_sum,
+                    stats.entropy,
+                    spec,
+                );
+                prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(B::token_logps_forward(logits.into_primitive(), labels).0)
+                prep.finish(B::token_logps_forward(logits.into_primitive(), targets, spec).0)
             }
         }
     }
@@ -88,42 +147,27 @@ impl<B: Backend + TokenLogpKernels, C: CheckpointStrategy> TokenLogpOps for Auto
     fn linear_token_logps(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        chunk_rows: usize,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        head: LinearSpec,
     ) -> FloatTensor<Self> {
-        match LinearTokenLogpsBackward
-            .prepare::<C>([hidden.node(), weight.node()])
+        match LinearBackward
+            .prepare::<C>([hidden.node(), weight.node(), bias.node()])
             // Keep the O(N) row stats rather than redo the whole forward.
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (hidden, weight) = (hidden.into_primitive(), weight.into_primitive());
-                let (logp, stats) = linear::forward::<B>(
-                    hidden.clone(),
-                    weight.clone(),
-                    labels.clone(),
-                    chunk_rows,
-                );
-                let saved = Saved {
-                    hidden,
-                    weight,
-                    labels,
-                    max: stats.max,
-                    log_sum: stats.log_sum,
-                    chunk_rows,
-                };
-                prep.finish(saved, logp)
+                let (h, w) = (hidden.into_primitive(), weight.into_primitive());
+                let b = head.has_bias.then(|| bias.into_primitive());
+                let (saved, out) = linear_tracked::<B>(h, w, b, targets, head);
+                prep.finish(saved, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(
-                linear::forward::<B>(
-                    hidden.into_primitive(),
-                    weight.into_primitive(),
-                    labels,
-                    chunk_rows,
-                )
-                .0,
-            ),
+            OpsKind::UnTracked(prep) => {
+                let b = head.has_bias.then(|| bias.into_primitive());
+                let (h, w) = (hidden.into_primitive(), weight.into_primitive());
+                prep.finish(linear::forward::<B>(h, w, b, targets, head).0)
+            }
         }
     }
 }

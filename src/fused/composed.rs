@@ -1,15 +1,16 @@
 //! The fused op written with ordinary backend ops: the fallback for backends without a
 //! hand-written kernel (CubeCL/wgpu) and for non-`f32` logits on the CPU backends.
 //!
-//! Builds `[N, V]` temporaries (`z − m`, its `exp`), unlike the CPU kernels.
+//! Builds `[N, V]` temporaries (the transformed logits, `z' − m`, its `exp`, and more for the
+//! extras), unlike the CPU kernels.
 
 use burn::backend::{
     Backend, TensorMetadata, get_or_init_device_settings,
     tensor::{BoolTensor, FloatTensor, IndexingUpdateOp, IntTensor},
 };
-use burn::tensor::Shape;
+use burn::tensor::{Shape, Slice};
 
-use super::RowStats;
+use super::{Path, RowStats, Spec, Transform, count};
 
 /// `[N, V]` of the logits' shape (`[0, 0]` for a shape that is not rank 2; never produced by
 /// this crate's callers).
@@ -20,57 +21,179 @@ pub(crate) fn dims2(shape: &Shape) -> [usize; 2] {
     }
 }
 
-/// `(labels with invalid entries set to 0, valid mask)`, both `[N, 1]`.
-fn safe_labels<B: Backend>(labels: IntTensor<B>, vocab: usize) -> (IntTensor<B>, BoolTensor<B>) {
-    let n = labels.shape().num_elements();
-    let bool_dtype = get_or_init_device_settings::<B>(&labels.device()).bool_dtype;
-    let non_negative = B::int_greater_equal_elem(labels.clone(), 0i64.into(), bool_dtype);
-    let below_vocab = B::int_lower_elem(labels.clone(), (vocab as i64).into(), bool_dtype);
+/// `(targets with invalid entries set to 0, valid mask)`, both `[N, 1]`.
+fn safe_targets<B: Backend>(targets: IntTensor<B>, vocab: usize) -> (IntTensor<B>, BoolTensor<B>) {
+    let n = targets.shape().num_elements();
+    let bool_dtype = get_or_init_device_settings::<B>(&targets.device()).bool_dtype;
+    let non_negative = B::int_greater_equal_elem(targets.clone(), 0i64.into(), bool_dtype);
+    let below_vocab = B::int_lower_elem(targets.clone(), (vocab as i64).into(), bool_dtype);
     let valid = B::bool_and(non_negative, below_vocab);
-    let safe = B::int_mask_fill(labels, B::bool_not(valid.clone()), 0i64.into());
+    let safe = B::int_mask_fill(targets, B::bool_not(valid.clone()), 0i64.into());
     (
         B::int_reshape(safe, Shape::new([n, 1])),
         B::bool_reshape(valid, Shape::new([n, 1])),
     )
 }
 
-/// Max-shifted log-sum-exp and gather. Stats are computed on every row (invalid ones too), so
-/// the backward never sees `inf · 0`.
+/// `(z', tanh(scale·z / softcap))`: the transformed logits, and the `tanh` the backward's chain
+/// factor needs (`None` without a softcap).
+fn transform<B: Backend>(
+    logits: FloatTensor<B>,
+    t: &Transform,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    if t.is_identity() {
+        return (logits, None);
+    }
+    let scaled = B::float_mul_scalar(logits, t.scale.into());
+    let (capped, tanh) = match t.softcap {
+        Some(cap) => {
+            let tanh = B::float_tanh(B::float_div_scalar(scaled, cap.into()));
+            (B::float_mul_scalar(tanh.clone(), cap.into()), Some(tanh))
+        }
+        None => (scaled, None),
+    };
+    (B::float_mul_scalar(capped, t.inv_temperature.into()), tanh)
+}
+
+/// `[N, 1]` rows of `[N, V]` that are invalid, as an `[N, V]` mask.
+fn rows_mask<B: Backend>(invalid: BoolTensor<B>, dims: [usize; 2]) -> BoolTensor<B> {
+    B::bool_expand(invalid, Shape::new(dims))
+}
+
+/// Below this, `e^x` is 0 in `f32`; clamping `x` there keeps `0 · x` at 0 where `x = −∞`.
+const LOG_FLOOR: f32 = -200.0;
+
+/// Max-shifted log-sum-exp, gather and the requested extras, `[N, K]`. Stats are computed on
+/// every row (invalid ones too, then masked), so the backward never sees `inf · 0` on a valid
+/// row.
 pub(crate) fn forward<B: Backend>(
     logits: FloatTensor<B>,
-    labels: IntTensor<B>,
+    targets: IntTensor<B>,
+    spec: Spec,
 ) -> (FloatTensor<B>, RowStats<B>) {
+    count(Path::ComposedForward);
     let [n, v] = dims2(&logits.shape());
-    let max = B::float_max_dim(logits.clone(), 1); // [N, 1]
-    let shifted = B::float_exp(B::float_sub(logits.clone(), max.clone()));
-    let log_sum = B::float_log(B::float_sum_dim(shifted, 1)); // [N, 1]
-    let (safe, valid) = safe_labels::<B>(labels, v);
-    let picked = B::float_gather(1, logits, safe); // [N, 1]
-    let logp = B::float_sub(B::float_sub(picked, max.clone()), log_sum.clone());
-    let logp = B::float_mask_fill(logp, B::bool_not(valid), 0.0f32.into());
+    let device = logits.device();
+    let settings = get_or_init_device_settings::<B>(&device);
+    let (z, _) = transform::<B>(logits, &spec.transform);
+    let float_dtype = z.dtype().into();
+    let max = B::float_max_dim(z.clone(), 1); // [N, 1]
+    let shifted = B::float_sub(z.clone(), max.clone());
+    let exps = B::float_exp(shifted.clone());
+    let sum = B::float_sum_dim(exps.clone(), 1); // [N, 1]
+    let log_sum = B::float_log(sum.clone());
+    let (safe, valid) = safe_targets::<B>(targets, v);
+    let invalid = B::bool_not(valid);
+    let picked = B::float_gather(1, z.clone(), safe.clone()); // [N, 1]
+    let logp = B::float_sub(B::float_sub(picked.clone(), max.clone()), log_sum.clone());
+    let mut columns = vec![logp];
+    let extras = spec.extras;
+    let mut entropy = None;
+    if extras.entropy {
+        // H = log s − Σ e^{z'−m} (z' − m) / s
+        let floor = B::float_clamp_min(shifted, LOG_FLOOR.into());
+        let weighted = B::float_sum_dim(B::float_mul(exps.clone(), floor), 1);
+        let h = B::float_sub(log_sum.clone(), B::float_div(weighted, sum.clone()));
+        let h = B::float_mask_fill(h, invalid.clone(), 0.0f32.into());
+        entropy = Some(B::float_reshape(h.clone(), Shape::new([n])));
+        columns.push(h);
+    }
+    if extras.log_sum_sq {
+        let squares = B::float_sum_dim(B::float_mul(exps.clone(), exps), 1);
+        let two_log_sum = B::float_mul_scalar(log_sum.clone(), 2.0f32.into());
+        columns.push(B::float_sub(B::float_log(squares), two_log_sum));
+    }
+    if extras.mean {
+        columns.push(B::float_div_scalar(
+            B::float_sum_dim(z.clone(), 1),
+            (v as f32).into(),
+        ));
+    }
+    if extras.top1 {
+        // The label is the first argmax: z'_y ≥ max, and every earlier z' is below z'_y.
+        let columns_index = B::int_expand(
+            B::int_reshape(
+                B::int_arange(0..v as i64, &device, settings.int_dtype),
+                Shape::new([1, v]),
+            ),
+            Shape::new([n, v]),
+        );
+        let label = B::int_expand(safe, Shape::new([n, v]));
+        let at_or_after = B::int_greater_equal(columns_index, label, settings.bool_dtype);
+        let before = B::float_max_dim(
+            B::float_mask_fill(z, at_or_after, f32::NEG_INFINITY.into()),
+            1,
+        );
+        let top = B::bool_and(
+            B::float_greater_equal(picked.clone(), max.clone(), settings.bool_dtype),
+            B::float_greater(picked, before, settings.bool_dtype),
+        );
+        columns.push(B::bool_into_float(top, float_dtype));
+    }
+    let out = if columns.len() == 1 {
+        columns.remove(0)
+    } else {
+        B::float_cat(columns, 1)
+    };
+    let k = spec.extras.columns();
+    let out = B::float_mask_fill(out, rows_mask::<B>(invalid.clone(), [n, k]), 0.0f32.into());
+    let zero_invalid = |t| B::float_mask_fill(t, invalid.clone(), 0.0f32.into());
     let flat = |t| B::float_reshape(t, Shape::new([n]));
     (
-        flat(logp),
+        out,
         RowStats {
-            max: flat(max),
-            log_sum: flat(log_sum),
+            max: flat(zero_invalid(max)),
+            log_sum: flat(zero_invalid(log_sum)),
+            entropy,
         },
     )
 }
 
-/// `−g · e^{z − m − log s}`, then `g` scatter-added at the labels (0 on invalid rows).
+/// `dz' = −g p − g_H p (log p + H)`, `g` scatter-added at the labels, times the transform's
+/// derivative; invalid rows set to exactly 0 (their logits may be NaN or all −∞, and
+/// `NaN · 0` is NaN).
 pub(crate) fn backward<B: Backend>(
     logits: FloatTensor<B>,
-    labels: IntTensor<B>,
+    targets: IntTensor<B>,
     stats: RowStats<B>,
     grad: FloatTensor<B>,
+    spec: Spec,
 ) -> FloatTensor<B> {
+    count(Path::ComposedBackward);
     let [n, v] = dims2(&logits.shape());
+    let k = spec.extras.columns();
     let column = |t| B::float_reshape(t, Shape::new([n, 1]));
-    let (safe, valid) = safe_labels::<B>(labels, v);
-    let g = B::float_mask_fill(column(grad), B::bool_not(valid), 0.0f32.into());
-    let shifted = B::float_sub(logits, column(stats.max));
-    let softmax = B::float_exp(B::float_sub(shifted, column(stats.log_sum)));
-    let d = B::float_mul(softmax, B::float_neg(g.clone()));
-    B::float_scatter(1, d, safe, g, IndexingUpdateOp::Add)
+    let grad_column =
+        |c: usize| B::float_slice(grad.clone(), &[Slice::full(), Slice::from(c..c + 1)]);
+    let grad_logp = if k == 1 {
+        column(grad.clone())
+    } else {
+        grad_column(0)
+    };
+    let (safe, valid) = safe_targets::<B>(targets, v);
+    let invalid = B::bool_not(valid);
+    let g = B::float_mask_fill(grad_logp, invalid.clone(), 0.0f32.into());
+    let (z, tanh) = transform::<B>(logits, &spec.transform);
+    let log_p = B::float_sub(B::float_sub(z, column(stats.max)), column(stats.log_sum));
+    let p = B::float_exp(log_p.clone());
+    let mut d = B::float_mul(p.clone(), B::float_neg(g.clone()));
+    if let (Some(c), Some(h)) = (spec.extras.column_of().entropy, stats.entropy) {
+        let g_h = grad_column(c);
+        let floor = B::float_clamp_min(log_p, LOG_FLOOR.into());
+        let term = B::float_mul(p, B::float_add(floor, column(h)));
+        d = B::float_sub(d, B::float_mul(term, g_h));
+    }
+    let mut d = B::float_scatter(1, d, safe, g, IndexingUpdateOp::Add);
+    let t = spec.transform;
+    if !t.is_identity() {
+        d = B::float_mul_scalar(d, (t.scale * t.inv_temperature).into());
+        if let Some(tanh) = tanh {
+            let one_minus = B::float_add_scalar(
+                B::float_neg(B::float_mul(tanh.clone(), tanh)),
+                1.0f32.into(),
+            );
+            d = B::float_mul(d, one_minus);
+        }
+    }
+    B::float_mask_fill(d, rows_mask::<B>(invalid, [n, v]), 0.0f32.into())
 }

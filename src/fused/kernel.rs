@@ -1,20 +1,27 @@
 //! The fused forward and backward on `f32` slices, shared by the CPU backends.
 //!
-//! Row `n` of `logits` (`[N, V]`, row-major) with label `y_n`, `m_n = max_v z_{n,v}`,
-//! `s_n = Σ_v e^{z_{n,v} − m_n}`:
+//! Row `n` of `logits` (`[N, V]`, row-major) with row-target `y_n`, transformed logits
+//! `z' = T(z)` (the identity unless a temperature, scale or softcap is set), `m_n = max_v z'`,
+//! `s_n = Σ_v e^{z'_{n,v} − m_n}`, `p = e^{z' − m − log s}`:
 //!
 //! ```text
-//! forward:  ℓ_n = (z_{n,y_n} − m_n) − log s_n           saves m_n, log s_n
-//! backward: dz_{n,v} = g_n · (1[v = y_n] − e^{(z_{n,v} − m_n) − log s_n})
+//! forward:  ℓ_n = (z'_{n,y_n} − m_n) − log s_n             saves m_n, log s_n
+//!           H_n = log s_n − Σ_v e^{z'−m} (z' − m) / s_n       (entropy)
+//!           log Σ p² = log Σ_v e^{2(z'−m)} − 2 log s_n,  mean = Σ_v z' / V,
+//!           top1 = z'_y ≥ m_n ∧ z'_y > max_{v<y} z'_v
+//! backward: dz'_{n,v} = g_n (1[v = y_n] − p_v) − g_H p_v (log p_v + H_n),  dz = dz' · T'(z)
 //! ```
 //!
-//! A label outside `[0, V)` marks an invalid row: `ℓ = 0`, stats 0, gradient row 0, and its
-//! logits are not read.
+//! A row-target outside `[0, V)` marks an invalid row: outputs 0, stats 0, gradient row 0,
+//! and its logits are not read.
 //!
 //! - Forward: one streaming pass per row, block by block (L1-sized): block max, rescale the
-//!   running sum when the max grows (online log-sum-exp, once per block), then add the block's
-//!   `e^{z − m}`. Each logit is read from memory once.
+//!   running sums when the max grows (online log-sum-exp, once per block), then add the block's
+//!   `e^{z − m}` (and, for the extras, `e·(z − m)`, `e²`). With a transform, each block is
+//!   transformed into an L1 buffer first. Each logit is read from memory once.
 //! - Backward: one pass reading `z` and writing `dz`; the gradient is the only `[N, V]` buffer.
+//! - The plain path, the transform and the extras are separate monomorphisations (const
+//!   generics), so what is not requested costs nothing.
 //! - `exp` is a branch-free polynomial ([`exp_nonpos`]) of plain float and integer ops, so the
 //!   loops vectorise; they are compiled twice, for the baseline target and with `avx2,fma`
 //!   (picked at run time), because x86-64's baseline is SSE2 only.
@@ -22,12 +29,16 @@
 
 use std::sync::OnceLock;
 
+use super::{Extras, Spec, Transform};
+
 /// Values per block of the online log-sum-exp (8 KiB of `f32`, L1-resident).
 const BLOCK: usize = 2048;
 /// Independent accumulators per reduction, so that the loops vectorise.
 const LANES: usize = 16;
 /// Below this many logits, threads cost more than they save.
 const PARALLEL_THRESHOLD: usize = 1 << 16;
+/// Below this, `e^x` is 0 in `f32`; clamping `x` there keeps `e^x · x` at 0 where `x = −∞`.
+const LOG_FLOOR: f32 = -200.0;
 
 /// `a·b + c`, fused into one instruction in the copies compiled with FMA.
 #[inline(always)]
@@ -99,67 +110,288 @@ fn sum_exp_shifted<const FMA: bool>(xs: &[f32], m: f32) -> f32 {
     tail + acc.iter().sum::<f32>()
 }
 
-/// `(m, log s)` of one row in one streaming pass.
+/// `Σ x`.
 #[inline(always)]
-fn row_stats<const FMA: bool>(row: &[f32]) -> (f32, f32) {
-    let mut m = f32::NEG_INFINITY;
-    let mut s = 0.0f32;
-    for block in row.chunks(BLOCK) {
+fn sum_slice(xs: &[f32]) -> f32 {
+    let (chunks, rest) = xs.as_chunks::<LANES>();
+    let mut acc = [0.0f32; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    rest.iter().sum::<f32>() + acc.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn floor_log(x: f32) -> f32 {
+    if x < LOG_FLOOR { LOG_FLOOR } else { x }
+}
+
+/// `(Σ e^{x − m}, Σ e^{x − m}(x − m), Σ e^{2(x − m)})`, for the entropy and `log Σ p²`.
+#[inline(always)]
+fn sum_exp_extra<const FMA: bool>(xs: &[f32], m: f32) -> (f32, f32, f32) {
+    let (chunks, rest) = xs.as_chunks::<LANES>();
+    let (mut s, mut w, mut q) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - m;
+            let e = exp_nonpos::<FMA>(d);
+            s[i] += e;
+            w[i] = mul_add::<FMA>(e, floor_log(d), w[i]);
+            q[i] = mul_add::<FMA>(e, e, q[i]);
+        }
+    }
+    let (mut ts, mut tw, mut tq) = (0.0f32, 0.0f32, 0.0f32);
+    for &x in rest {
+        let d = x - m;
+        let e = exp_nonpos::<FMA>(d);
+        ts += e;
+        tw += e * floor_log(d);
+        tq += e * e;
+    }
+    (
+        ts + s.iter().sum::<f32>(),
+        tw + w.iter().sum::<f32>(),
+        tq + q.iter().sum::<f32>(),
+    )
+}
+
+/// `tanh x` in `f32` within a few ulp, branch-free so that loops over it vectorise: Cephes'
+/// odd polynomial for `|x| < 0.625`, `(1 − e^{−2|x|}) / (1 + e^{−2|x|})` above (no cancellation
+/// there), the sign copied back.
+#[inline(always)]
+pub(crate) fn tanh<const FMA: bool>(x: f32) -> f32 {
+    let a = x.abs();
+    let e = exp_nonpos::<FMA>(-2.0 * a);
+    let large = (1.0 - e) / (1.0 + e);
+    let z = x * x;
+    let mut p = -5.704_988_7e-3_f32;
+    p = mul_add::<FMA>(p, z, 2.063_908_9e-2);
+    p = mul_add::<FMA>(p, z, -5.373_971_6e-2);
+    p = mul_add::<FMA>(p, z, 1.333_144_2e-1);
+    p = mul_add::<FMA>(p, z, -3.333_328_2e-1);
+    let small = mul_add::<FMA>(p * z, a, a);
+    let t = if a < 0.625 { small } else { large };
+    t.copysign(x)
+}
+
+/// The transform's constants: `z' = tanh(pre·z)·post` with a softcap, `z' = (z·pre)·post`
+/// without; `∂z'/∂z = chain·(1 − tanh²)` or `chain`.
+#[derive(Clone, Copy)]
+struct Affine {
+    softcap: bool,
+    pre: f32,
+    post: f32,
+    chain: f32,
+}
+
+impl Affine {
+    fn new(t: &Transform) -> Self {
+        match t.softcap {
+            Some(cap) => Self {
+                softcap: true,
+                pre: t.scale / cap,
+                post: cap * t.inv_temperature,
+                chain: t.scale * t.inv_temperature,
+            },
+            None => Self {
+                softcap: false,
+                pre: t.scale,
+                post: t.inv_temperature,
+                chain: t.scale * t.inv_temperature,
+            },
+        }
+    }
+
+    /// `(z', ∂z'/∂z)`.
+    #[inline(always)]
+    fn apply<const FMA: bool>(&self, z: f32) -> (f32, f32) {
+        if self.softcap {
+            let t = tanh::<FMA>(z * self.pre);
+            (t * self.post, self.chain * (1.0 - t * t))
+        } else {
+            ((z * self.pre) * self.post, self.chain)
+        }
+    }
+}
+
+/// `dst = T(src)`; the branch on the softcap sits outside the loops.
+#[inline(always)]
+fn transform_block<const FMA: bool>(src: &[f32], dst: &mut [f32], a: &Affine) {
+    if a.softcap {
+        for (d, &z) in dst.iter_mut().zip(src) {
+            *d = tanh::<FMA>(z * a.pre) * a.post;
+        }
+    } else {
+        for (d, &z) in dst.iter_mut().zip(src) {
+            *d = (z * a.pre) * a.post;
+        }
+    }
+}
+
+/// Forward of one valid row: writes `out[K]` (log-prob, then the requested extras) and returns
+/// `(m, log s)`. `buf` is a `BLOCK`-long scratch buffer when `TR`.
+#[inline(always)]
+fn row_forward<const FMA: bool, const TR: bool, const EX: bool>(
+    row: &[f32],
+    y: usize,
+    (affine, extras): (&Affine, &Extras),
+    buf: &mut [f32],
+    out: &mut [f32],
+) -> (f32, f32) {
+    let (mut m, mut s, mut w, mut q) = (f32::NEG_INFINITY, 0.0f32, 0.0f32, 0.0f32);
+    let (mut z_sum, mut before, mut z_y) = (0.0f32, f32::NEG_INFINITY, 0.0f32);
+    for (i, raw) in row.chunks(BLOCK).enumerate() {
+        let block: &[f32] = if TR {
+            let b = &mut buf[..raw.len()];
+            transform_block::<FMA>(raw, b, affine);
+            b
+        } else {
+            raw
+        };
+        let start = i * BLOCK;
+        if let Some(&z) = y.checked_sub(start).and_then(|local| block.get(local)) {
+            z_y = z;
+        }
+        if extras.mean {
+            z_sum += sum_slice(block);
+        }
+        if extras.top1 && start < y {
+            let end = (y - start).min(block.len());
+            before = before.max(max_slice(&block[..end]));
+        }
         let bm = max_slice(block);
         if bm > m {
             // e^{−inf} = 0 takes care of the first block.
-            s *= (m - bm).exp();
+            let r = (m - bm).exp();
+            if EX && s > 0.0 {
+                // Σ e^{z−m'}(z − m') = r·(Σ e^{z−m}(z − m) + (m − m')·Σ e^{z−m})
+                w = r * mul_add::<FMA>(m - bm, s, w);
+                q *= r * r;
+            }
+            s *= r;
             m = bm;
         }
         if m > f32::NEG_INFINITY {
-            s += sum_exp_shifted::<FMA>(block, m);
+            if EX {
+                let (bs, bw, bq) = sum_exp_extra::<FMA>(block, m);
+                s += bs;
+                w += bw;
+                q += bq;
+            } else {
+                s += sum_exp_shifted::<FMA>(block, m);
+            }
         }
     }
-    (m, s.ln())
+    let log_s = s.ln();
+    let mut put = {
+        let mut column = 0;
+        move |out: &mut [f32], value: f32| {
+            if let Some(slot) = out.get_mut(column) {
+                *slot = value;
+            }
+            column += 1;
+        }
+    };
+    put(out, (z_y - m) - log_s);
+    if extras.entropy {
+        put(out, log_s - w / s);
+    }
+    if extras.log_sum_sq {
+        put(out, q.ln() - 2.0 * log_s);
+    }
+    if extras.mean {
+        put(out, z_sum / row.len() as f32);
+    }
+    if extras.top1 {
+        put(out, f32::from(u8::from(z_y >= m && z_y > before)));
+    }
+    (m, log_s)
 }
 
-/// `e^{(z − m) − log s}` times `−g`, the softmax part of the gradient.
-#[inline(always)]
-fn scaled_softmax<const FMA: bool>(z: f32, max: f32, log_sum: f32, neg_g: f32) -> f32 {
-    neg_g * exp_nonpos::<FMA>((z - max) - log_sum)
+/// Per-row upstream values of the backward.
+#[derive(Clone, Copy)]
+struct RowGrad {
+    max: f32,
+    log_sum: f32,
+    g: f32,
+    g_entropy: f32,
+    entropy: f32,
 }
 
-/// `out_v = g · (1[v = y] − e^{(z_v − m) − log s})` for one row, where `z` is `source` or,
-/// without one, `out` itself (in place). Both loops run `LANES` at a time so they vectorise.
+/// `dz'_v` without the one-hot term: `−g p_v − g_H p_v (log p_v + H)`.
 #[inline(always)]
-fn row_backward<const FMA: bool>(
+fn grad_elem<const FMA: bool, const ENT: bool>(z: f32, r: &RowGrad) -> f32 {
+    let log_p = (z - r.max) - r.log_sum;
+    let p = exp_nonpos::<FMA>(log_p);
+    let o = -r.g * p;
+    if ENT {
+        mul_add::<FMA>(-r.g_entropy * p, floor_log(log_p) + r.entropy, o)
+    } else {
+        o
+    }
+}
+
+/// `out_v = dz_v` for one row, where `z` is `source` or, without one, `out` itself (in place).
+/// The loops run `LANES` at a time so they vectorise; with a transform, block by block through
+/// two L1 buffers (`z'` and `∂z'/∂z`), which also frees the in-place case from aliasing.
+#[inline(always)]
+fn row_backward<const FMA: bool, const TR: bool, const ENT: bool>(
     source: Option<&[f32]>,
     out: &mut [f32],
-    label: usize,
-    (max, log_sum, g): (f32, f32, f32),
+    y: usize,
+    r: &RowGrad,
+    (affine, buf): (&Affine, &mut [f32]),
 ) {
-    let neg_g = -g;
-    let (os, o_rest) = out.as_chunks_mut::<LANES>();
-    match source {
-        Some(row) => {
-            let (zs, z_rest) = row.as_chunks::<LANES>();
-            for (z, o) in zs.iter().zip(os) {
-                for i in 0..LANES {
-                    o[i] = scaled_softmax::<FMA>(z[i], max, log_sum, neg_g);
-                }
+    let raw_y = source.map_or_else(|| out.get(y).copied(), |row| row.get(y).copied());
+    if TR {
+        let (zs, chains) = buf.split_at_mut(BLOCK);
+        for (i, o) in out.chunks_mut(BLOCK).enumerate() {
+            let len = o.len();
+            let src: &[f32] = match source {
+                Some(row) => row.get(i * BLOCK..i * BLOCK + len).unwrap_or(&[]),
+                None => o,
+            };
+            for ((z, c), &x) in zs.iter_mut().zip(chains.iter_mut()).zip(src) {
+                (*z, *c) = affine.apply::<FMA>(x);
             }
-            for (z, o) in z_rest.iter().zip(o_rest) {
-                *o = scaled_softmax::<FMA>(*z, max, log_sum, neg_g);
+            for ((o, &z), &c) in o.iter_mut().zip(zs.iter()).zip(chains.iter()) {
+                *o = grad_elem::<FMA, ENT>(z, r) * c;
             }
         }
-        None => {
-            for o in os {
-                for x in o.iter_mut() {
-                    *x = scaled_softmax::<FMA>(*x, max, log_sum, neg_g);
+    } else {
+        let (os, o_rest) = out.as_chunks_mut::<LANES>();
+        match source {
+            Some(row) => {
+                let (zs, z_rest) = row.as_chunks::<LANES>();
+                for (z, o) in zs.iter().zip(os) {
+                    for i in 0..LANES {
+                        o[i] = grad_elem::<FMA, ENT>(z[i], r);
+                    }
+                }
+                for (z, o) in z_rest.iter().zip(o_rest) {
+                    *o = grad_elem::<FMA, ENT>(*z, r);
                 }
             }
-            for x in o_rest {
-                *x = scaled_softmax::<FMA>(*x, max, log_sum, neg_g);
+            None => {
+                for o in os {
+                    for x in o.iter_mut() {
+                        *x = grad_elem::<FMA, ENT>(*x, r);
+                    }
+                }
+                for x in o_rest {
+                    *x = grad_elem::<FMA, ENT>(*x, r);
+                }
             }
         }
     }
-    if let Some(x) = out.get_mut(label) {
-        *x += g;
+    let chain_y = match raw_y {
+        Some(z) if TR => affine.apply::<FMA>(z).1,
+        _ => 1.0,
+    };
+    if let Some(x) = out.get_mut(y) {
+        *x = mul_add::<FMA>(r.g, chain_y, *x);
     }
 }
 
@@ -168,76 +400,112 @@ fn label_index(label: i64, vocab: usize) -> Option<usize> {
     usize::try_from(label).ok().filter(|&y| y < vocab)
 }
 
-/// Per-row outputs of the forward, each `[N]`.
+/// Outputs of the forward: `out [N, K]` row-major, and the per-row stats `[N]`.
 pub(crate) struct Forward {
-    pub(crate) logp: Vec<f32>,
+    pub(crate) out: Vec<f32>,
     pub(crate) max: Vec<f32>,
     pub(crate) log_sum: Vec<f32>,
 }
 
-/// Per-row inputs of the backward, each `[N]`.
+/// Per-row inputs of the backward, each `[N]`; `grad_entropy` and `entropy` are empty when
+/// the entropy carries no gradient.
 pub(crate) struct Rows {
-    pub(crate) labels: Vec<i64>,
+    pub(crate) targets: Vec<i64>,
     pub(crate) max: Vec<f32>,
     pub(crate) log_sum: Vec<f32>,
     pub(crate) grad: Vec<f32>,
+    pub(crate) grad_entropy: Vec<f32>,
+    pub(crate) entropy: Vec<f32>,
 }
 
 impl Rows {
     pub(crate) fn has_len(&self, n: usize) -> bool {
+        let extra = [self.grad_entropy.len(), self.entropy.len()];
         [
-            self.labels.len(),
+            self.targets.len(),
             self.max.len(),
             self.log_sum.len(),
             self.grad.len(),
         ]
         .iter()
         .all(|&len| len == n)
+            && (extra == [0, 0] || extra == [n, n])
     }
+}
+
+/// One thread's share of the forward.
+struct ForwardPart<'a> {
+    logits: &'a [f32],
+    targets: &'a [i64],
+    out: &'a mut [f32],
+    max: &'a mut [f32],
+    log_sum: &'a mut [f32],
 }
 
 // Row-range drivers, compiled generically and with AVX2 + FMA.
 
 #[inline(always)]
-fn forward_rows_generic<const FMA: bool>(
-    logits: &[f32],
+fn forward_rows_generic<const FMA: bool, const TR: bool, const EX: bool>(
+    part: ForwardPart<'_>,
     vocab: usize,
-    labels: &[i64],
-    logp: &mut [f32],
-    max: &mut [f32],
-    log_sum: &mut [f32],
+    spec: &Spec,
 ) {
-    let rows = logits.chunks_exact(vocab).zip(labels);
-    for (((row, &label), lp), (mx, ls)) in rows
-        .zip(logp.iter_mut())
-        .zip(max.iter_mut().zip(log_sum.iter_mut()))
+    let affine = Affine::new(&spec.transform);
+    let k = spec.extras.columns();
+    let mut buf = if TR { vec![0.0f32; BLOCK] } else { Vec::new() };
+    let rows = part.logits.chunks_exact(vocab).zip(part.targets);
+    for (((row, &target), out), (mx, ls)) in rows
+        .zip(part.out.chunks_exact_mut(k))
+        .zip(part.max.iter_mut().zip(part.log_sum.iter_mut()))
     {
-        let Some(z_y) = label_index(label, vocab).and_then(|y| row.get(y)) else {
+        let Some(y) = label_index(target, vocab) else {
             continue; // outputs stay 0
         };
-        let (m, l) = row_stats::<FMA>(row);
+        let (m, l) = row_forward::<FMA, TR, EX>(row, y, (&affine, &spec.extras), &mut buf, out);
         *mx = m;
         *ls = l;
-        *lp = (z_y - m) - l;
     }
 }
 
-/// `out` holds the logits already (`logits = None`, in place) or gets each row copied from
-/// `logits` just before it is transformed, while the row is in cache.
+/// Borrowed `[N]` slices of a row range.
+#[derive(Clone, Copy)]
+struct RowsRef<'a> {
+    targets: &'a [i64],
+    max: &'a [f32],
+    log_sum: &'a [f32],
+    grad: &'a [f32],
+    grad_entropy: &'a [f32],
+    entropy: &'a [f32],
+}
+
+/// `out` holds the logits already (`logits = None`, in place) or gets each row computed from
+/// `logits` while the row is in cache.
 #[inline(always)]
-fn backward_rows_generic<const FMA: bool>(
+fn backward_rows_generic<const FMA: bool, const TR: bool, const ENT: bool>(
     logits: Option<&[f32]>,
     vocab: usize,
-    rows: RowsRef<'_>,
+    (rows, transform): (RowsRef<'_>, &Transform),
     out: &mut [f32],
 ) {
+    let affine = Affine::new(transform);
+    let mut buf = if TR {
+        vec![0.0f32; 2 * BLOCK]
+    } else {
+        Vec::new()
+    };
     for (n, o) in out.chunks_exact_mut(vocab).enumerate() {
-        let y = rows.labels.get(n).and_then(|&l| label_index(l, vocab));
-        let (Some(y), Some(&m), Some(&ls), Some(&g)) =
+        let y = rows.targets.get(n).and_then(|&l| label_index(l, vocab));
+        let (Some(y), Some(&max), Some(&log_sum), Some(&g)) =
             (y, rows.max.get(n), rows.log_sum.get(n), rows.grad.get(n))
         else {
             o.fill(0.0);
             continue;
+        };
+        let (g_entropy, entropy) = if ENT {
+            let pick = |xs: &[f32]| xs.get(n).copied().unwrap_or(0.0);
+            (pick(rows.grad_entropy), pick(rows.entropy))
+        } else {
+            (0.0, 0.0)
         };
         // `None`: in place, `o` holds the row's logits.
         let source = match logits.map(|z| z.get(n * vocab..(n + 1) * vocab)) {
@@ -247,36 +515,36 @@ fn backward_rows_generic<const FMA: bool>(
             }
             source => source.flatten(),
         };
-        row_backward::<FMA>(source, o, y, (m, ls, g));
+        let r = RowGrad {
+            max,
+            log_sum,
+            g,
+            g_entropy,
+            entropy,
+        };
+        row_backward::<FMA, TR, ENT>(source, o, y, &r, (&affine, &mut buf));
     }
 }
 
-/// Borrowed `[N]` slices of a row range.
-#[derive(Clone, Copy)]
-struct RowsRef<'a> {
-    labels: &'a [i64],
-    max: &'a [f32],
-    log_sum: &'a [f32],
-    grad: &'a [f32],
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn forward_rows_avx2(
-    logits: &[f32],
+fn forward_rows_avx2<const TR: bool, const EX: bool>(
+    part: ForwardPart<'_>,
     vocab: usize,
-    labels: &[i64],
-    logp: &mut [f32],
-    max: &mut [f32],
-    log_sum: &mut [f32],
+    spec: &Spec,
 ) {
-    forward_rows_generic::<true>(logits, vocab, labels, logp, max, log_sum)
+    forward_rows_generic::<true, TR, EX>(part, vocab, spec)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn backward_rows_avx2(logits: Option<&[f32]>, vocab: usize, rows: RowsRef<'_>, out: &mut [f32]) {
-    backward_rows_generic::<true>(logits, vocab, rows, out)
+fn backward_rows_avx2<const TR: bool, const ENT: bool>(
+    logits: Option<&[f32]>,
+    vocab: usize,
+    rows: (RowsRef<'_>, &Transform),
+    out: &mut [f32],
+) {
+    backward_rows_generic::<true, TR, ENT>(logits, vocab, rows, out)
 }
 
 fn has_avx2() -> bool {
@@ -290,29 +558,58 @@ fn has_avx2() -> bool {
     }
 }
 
-fn forward_rows(
-    logits: &[f32],
+fn forward_rows_for<const TR: bool, const EX: bool>(
+    part: ForwardPart<'_>,
     vocab: usize,
-    labels: &[i64],
-    logp: &mut [f32],
-    max: &mut [f32],
-    log_sum: &mut [f32],
+    spec: &Spec,
 ) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available (checked at run time just above).
-        return unsafe { forward_rows_avx2(logits, vocab, labels, logp, max, log_sum) };
+        return unsafe { forward_rows_avx2::<TR, EX>(part, vocab, spec) };
     }
-    forward_rows_generic::<false>(logits, vocab, labels, logp, max, log_sum)
+    forward_rows_generic::<false, TR, EX>(part, vocab, spec)
 }
 
-fn backward_rows(logits: Option<&[f32]>, vocab: usize, rows: RowsRef<'_>, out: &mut [f32]) {
+fn forward_rows(part: ForwardPart<'_>, vocab: usize, spec: &Spec) {
+    let tr = !spec.transform.is_identity();
+    let ex = spec.extras.entropy || spec.extras.log_sum_sq;
+    match (tr, ex) {
+        (false, false) => forward_rows_for::<false, false>(part, vocab, spec),
+        (false, true) => forward_rows_for::<false, true>(part, vocab, spec),
+        (true, false) => forward_rows_for::<true, false>(part, vocab, spec),
+        (true, true) => forward_rows_for::<true, true>(part, vocab, spec),
+    }
+}
+
+fn backward_rows_for<const TR: bool, const ENT: bool>(
+    logits: Option<&[f32]>,
+    vocab: usize,
+    rows: (RowsRef<'_>, &Transform),
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available (checked at run time just above).
-        return unsafe { backward_rows_avx2(logits, vocab, rows, out) };
+        return unsafe { backward_rows_avx2::<TR, ENT>(logits, vocab, rows, out) };
     }
-    backward_rows_generic::<false>(logits, vocab, rows, out)
+    backward_rows_generic::<false, TR, ENT>(logits, vocab, rows, out)
+}
+
+fn backward_rows(
+    logits: Option<&[f32]>,
+    vocab: usize,
+    rows: (RowsRef<'_>, &Transform),
+    out: &mut [f32],
+) {
+    let tr = !rows.1.is_identity();
+    let ent = !rows.0.grad_entropy.is_empty();
+    match (tr, ent) {
+        (false, false) => backward_rows_for::<false, false>(logits, vocab, rows, out),
+        (false, true) => backward_rows_for::<false, true>(logits, vocab, rows, out),
+        (true, false) => backward_rows_for::<true, false>(logits, vocab, rows, out),
+        (true, true) => backward_rows_for::<true, true>(logits, vocab, rows, out),
+    }
 }
 
 /// Rows per thread for `rows × vocab` logits.
@@ -325,11 +622,12 @@ fn rows_per_thread(rows: usize, vocab: usize) -> usize {
     rows.div_ceil(cores.clamp(1, rows.max(1)))
 }
 
-/// Forward over `labels.len()` rows of `logits` (`[N, V]`, row-major).
-pub(crate) fn forward(logits: &[f32], vocab: usize, labels: &[i64]) -> Forward {
-    let rows = labels.len();
+/// Forward over `targets.len()` rows of `logits` (`[N, V]`, row-major).
+pub(crate) fn forward(logits: &[f32], vocab: usize, targets: &[i64], spec: &Spec) -> Forward {
+    let rows = targets.len();
+    let k = spec.extras.columns();
     let mut out = Forward {
-        logp: vec![0.0; rows],
+        out: vec![0.0; rows * k],
         max: vec![0.0; rows],
         log_sum: vec![0.0; rows],
     };
@@ -340,14 +638,21 @@ pub(crate) fn forward(logits: &[f32], vocab: usize, labels: &[i64]) -> Forward {
     std::thread::scope(|s| {
         let parts = logits
             .chunks(per * vocab)
-            .zip(labels.chunks(per))
-            .zip(out.logp.chunks_mut(per))
+            .zip(targets.chunks(per))
+            .zip(out.out.chunks_mut(per * k))
             .zip(out.max.chunks_mut(per).zip(out.log_sum.chunks_mut(per)));
-        for (((z, y), lp), (mx, ls)) in parts {
+        for (((logits, targets), out), (max, log_sum)) in parts {
+            let part = ForwardPart {
+                logits,
+                targets,
+                out,
+                max,
+                log_sum,
+            };
             if per == rows {
-                forward_rows(z, vocab, y, lp, mx, ls); // one range: stay on this thread
+                forward_rows(part, vocab, spec); // one range: stay on this thread
             } else {
-                s.spawn(move || forward_rows(z, vocab, y, lp, mx, ls));
+                s.spawn(move || forward_rows(part, vocab, spec));
             }
         }
     });
@@ -387,20 +692,35 @@ fn advise_huge_pages(buf: &[f32]) {
 }
 
 /// Backward: `dlogits [N·V]` for the per-row inputs `rows`, in a new buffer.
-pub(crate) fn backward(logits: &[f32], vocab: usize, rows: &Rows) -> Vec<f32> {
-    let mut out = zeroed(rows.labels.len() * vocab);
-    backward_into(Some(logits), vocab, rows, &mut out);
+pub(crate) fn backward(
+    logits: &[f32],
+    vocab: usize,
+    rows: &Rows,
+    transform: &Transform,
+) -> Vec<f32> {
+    let mut out = zeroed(rows.targets.len() * vocab);
+    backward_into(Some(logits), vocab, (rows, transform), &mut out);
     out
 }
 
 /// Backward written over the logits themselves: no `[N, V]` allocation, for logits that
 /// nothing else holds.
-pub(crate) fn backward_in_place(logits: &mut [f32], vocab: usize, rows: &Rows) {
-    backward_into(None, vocab, rows, logits);
+pub(crate) fn backward_in_place(
+    logits: &mut [f32],
+    vocab: usize,
+    rows: &Rows,
+    transform: &Transform,
+) {
+    backward_into(None, vocab, (rows, transform), logits);
 }
 
-fn backward_into(logits: Option<&[f32]>, vocab: usize, rows: &Rows, out: &mut [f32]) {
-    let n = rows.labels.len();
+fn backward_into(
+    logits: Option<&[f32]>,
+    vocab: usize,
+    (rows, transform): (&Rows, &Transform),
+    out: &mut [f32],
+) {
+    let n = rows.targets.len();
     if n == 0 || vocab == 0 {
         return;
     }
@@ -410,23 +730,32 @@ fn backward_into(logits: Option<&[f32]>, vocab: usize, rows: &Rows, out: &mut [f
         Some(z) => z.chunks(per * vocab).map(Some).collect(),
         None => vec![None; n.div_ceil(per)],
     };
+    // Empty entropy slices stay empty in every part.
+    fn split(xs: &[f32], i: usize, per: usize) -> &[f32] {
+        xs.get(i * per..((i + 1) * per).min(xs.len()))
+            .unwrap_or(&[])
+    }
     std::thread::scope(|s| {
         let parts = sources
             .into_iter()
             .zip(out.chunks_mut(per * vocab))
-            .zip(rows.labels.chunks(per).zip(rows.grad.chunks(per)))
-            .zip(rows.max.chunks(per).zip(rows.log_sum.chunks(per)));
-        for (((z, o), (labels, grad)), (max, log_sum)) in parts {
+            .enumerate();
+        for (i, (z, o)) in parts {
             let part = RowsRef {
-                labels,
-                max,
-                log_sum,
-                grad,
+                targets: rows
+                    .targets
+                    .get(i * per..((i + 1) * per).min(n))
+                    .unwrap_or(&[]),
+                max: split(&rows.max, i, per),
+                log_sum: split(&rows.log_sum, i, per),
+                grad: split(&rows.grad, i, per),
+                grad_entropy: split(&rows.grad_entropy, i, per),
+                entropy: split(&rows.entropy, i, per),
             };
             if per == n {
-                backward_rows(z, vocab, part, o);
+                backward_rows(z, vocab, (part, transform), o);
             } else {
-                s.spawn(move || backward_rows(z, vocab, part, o));
+                s.spawn(move || backward_rows(z, vocab, (part, transform), o));
             }
         }
     });
@@ -458,6 +787,28 @@ mod tests {
         check_exp::<true>(); // software `mul_add` where the CPU lacks FMA: slow but exact
     }
 
+    fn check_tanh<const FMA: bool>() {
+        let mut worst = 0.0f64;
+        let mut x = -12.0f32;
+        while x <= 12.0 {
+            let got = f64::from(tanh::<FMA>(x));
+            let want = f64::from(x).tanh();
+            worst = worst.max(((got - want) / want.abs().max(1e-30)).abs());
+            x += 0.000_71;
+        }
+        assert!(worst < 1e-6, "worst relative error {worst} (fma {FMA})");
+        assert_eq!(tanh::<FMA>(f32::INFINITY), 1.0);
+        assert_eq!(tanh::<FMA>(f32::NEG_INFINITY), -1.0);
+        assert!(tanh::<FMA>(f32::NAN).is_nan());
+        assert_eq!(tanh::<FMA>(0.0), 0.0);
+    }
+
+    #[test]
+    fn tanh_matches_std() {
+        check_tanh::<false>();
+        check_tanh::<true>();
+    }
+
     #[test]
     fn online_stats_match_two_pass_across_blocks() {
         // The max sits in a late block, which forces the rescale.
@@ -467,7 +818,12 @@ mod tests {
             .collect();
         let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let s: f64 = row.iter().map(|&x| f64::from(x - m).exp()).sum();
-        let (got_m, got_ls) = row_stats::<false>(&row);
+        let spec = Spec {
+            transform: Transform::IDENTITY,
+            extras: Extras::default(),
+        };
+        let f = forward(&row, v, &[0], &spec);
+        let (got_m, got_ls) = (f.max[0], f.log_sum[0]);
         assert_eq!(got_m, m);
         assert!(
             (f64::from(got_ls) - s.ln()).abs() < 1e-6,

@@ -15,8 +15,15 @@
 //! - [`linear`] runs the same kernels on row chunks of `hidden · weightᵀ`, so an LM head's
 //!   logits are never stored whole.
 //!
-//! A row whose label is outside `[0, V)` is invalid: its log-prob and gradient are exactly 0 and
-//! its logits are never read by the CPU kernels.
+//! Every entry point takes one row-target per logits row ([`crate::logps`] builds them): a
+//! label in `[0, V)`, or [`INVALID`] for a row that predicts nothing (prompt, padding, the last
+//! position under the causal shift). An invalid row's outputs and gradient are exactly 0, and
+//! the CPU kernels never read its logits.
+//!
+//! Options ([`Spec`]): a logits transform `z' = softcap·tanh(scale·z / softcap) / temperature`
+//! and extra per-row outputs (entropy, `log Σ p²`, mean logit, is-argmax), computed in the same
+//! read of each row and only when requested. The op returns `[N, K]`: column 0 the log-prob,
+//! then one column per requested extra in [`Extras`] order.
 // burn 0.22 deprecates NdArray in favour of Flex; we still support it, and the dispatch code
 // that `#[backend_extension]` generates names it outside any item we could annotate.
 #![allow(deprecated)]
@@ -43,13 +50,99 @@ mod linear;
 #[cfg(feature = "ndarray")]
 mod ndarray;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn::backend::{
     Backend, Dispatch, DispatchDevice, backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
 use burn::tensor::{Device, Int, Tensor};
 
-/// Token log-probs of `[N, V]` logits at `[N]` labels, routed to the tensor's backend.
+pub use linear::HeadLayout;
+pub(crate) use linear::token_logps as linear_token_logps;
+
+/// The row-target of a row that predicts no label. Any value outside `[0, V)` reads the same to
+/// the kernels; the crate only ever produces this one.
+pub(crate) const INVALID: i64 = -1;
+
+/// `z' = softcap·tanh(scale·z / softcap) · inv_temperature` (softcap optional), TRL's order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Transform {
+    pub(crate) scale: f32,
+    pub(crate) softcap: Option<f32>,
+    pub(crate) inv_temperature: f32,
+}
+
+impl Transform {
+    /// No transform: `z' = z`.
+    pub(crate) const IDENTITY: Self = Self {
+        scale: 1.0,
+        softcap: None,
+        inv_temperature: 1.0,
+    };
+
+    pub(crate) fn is_identity(&self) -> bool {
+        *self == Self::IDENTITY
+    }
+}
+
+/// Which extra per-row outputs to compute, in their column order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Extras {
+    /// `H = −Σ p log p`, differentiable.
+    pub(crate) entropy: bool,
+    /// `log Σ p²`.
+    pub(crate) log_sum_sq: bool,
+    /// `Σ z' / V`.
+    pub(crate) mean: bool,
+    /// 1 when `z'_y` is the first maximum of the row, else 0.
+    pub(crate) top1: bool,
+}
+
+impl Extras {
+    /// Columns of the op's output: the log-prob and each requested extra.
+    pub(crate) fn columns(&self) -> usize {
+        1 + [self.entropy, self.log_sum_sq, self.mean, self.top1]
+            .iter()
+            .filter(|&&on| on)
+            .count()
+    }
+
+    /// Column of each extra, `None` when not requested.
+    pub(crate) fn column_of(&self) -> ExtraColumns {
+        let mut next = 1;
+        let mut take = |on: bool| {
+            on.then(|| {
+                next += 1;
+                next - 1
+            })
+        };
+        ExtraColumns {
+            entropy: take(self.entropy),
+            log_sum_sq: take(self.log_sum_sq),
+            mean: take(self.mean),
+            top1: take(self.top1),
+        }
+    }
+}
+
+/// Output columns of the extras ([`Extras::column_of`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExtraColumns {
+    pub(crate) entropy: Option<usize>,
+    pub(crate) log_sum_sq: Option<usize>,
+    pub(crate) mean: Option<usize>,
+    pub(crate) top1: Option<usize>,
+}
+
+/// Everything the fused op is asked to do besides the log-prob.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Spec {
+    pub(crate) transform: Transform,
+    pub(crate) extras: Extras,
+}
+
+/// Token log-probs of `[N, V]` logits at `[N]` row-targets, routed to the tensor's backend.
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
@@ -57,18 +150,35 @@ use burn::tensor::{Device, Int, Tensor};
     Autodiff: cfg(feature = "autodiff"),
 )]
 pub(crate) trait TokenLogpOps: Backend {
-    /// `logits: [N, V]` float, `labels: [N]` int → `[N]`, `z_{n,y_n} − logsumexp(z_n)`, or 0
-    /// where `labels[n] ∉ [0, V)`.
-    fn token_logps(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self>;
+    /// `logits: [N, V]` float, `targets: [N]` int → `[N, K]`: `z'_{n,y_n} − logsumexp(z'_n)` and
+    /// the extras of `spec`, all 0 where `targets[n] ∉ [0, V)`.
+    fn token_logps(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        spec: Spec,
+    ) -> FloatTensor<Self>;
 
-    /// `hidden: [N, H]`, `weight: [V, H]`, `labels: [N]` → `[N]`, the token log-probs of the
-    /// logits `hidden · weightᵀ`, computed `chunk_rows` rows at a time ([`linear`]).
+    /// `hidden: [N, H]`, the head `weight` (`[V, H]` or `[H, V]` as `layout` says) and
+    /// `bias: [V]` (a placeholder, unread, unless `head.has_bias`), `targets: [N]` → `[N, K]`,
+    /// as [`token_logps`](Self::token_logps) on the logits `hidden · head + bias`, computed
+    /// `chunk_rows` rows at a time ([`linear`]). (The bias is not an `Option`: the extension
+    /// macro does not route optional tensors through `Dispatch`.)
     fn linear_token_logps(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        chunk_rows: usize,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        head: LinearSpec,
     ) -> FloatTensor<Self>;
+}
+
+/// The LM-head path's options: the per-row [`Spec`], the head's layout and the chunk size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LinearSpec {
+    pub(crate) spec: Spec,
+    pub(crate) layout: HeadLayout,
+    pub(crate) has_bias: bool,
+    pub(crate) chunk_rows: usize,
 }
 
 /// [`TokenLogpOps`] of a backend without autodiff: the forward halves of its kernels.
@@ -77,55 +187,72 @@ macro_rules! plain_token_logp_ops {
         impl $crate::fused::TokenLogpOps for $backend {
             fn token_logps(
                 logits: burn::backend::tensor::FloatTensor<Self>,
-                labels: burn::backend::tensor::IntTensor<Self>,
+                targets: burn::backend::tensor::IntTensor<Self>,
+                spec: $crate::fused::Spec,
             ) -> burn::backend::tensor::FloatTensor<Self> {
-                <Self as $crate::fused::TokenLogpKernels>::token_logps_forward(logits, labels).0
+                <Self as $crate::fused::TokenLogpKernels>::token_logps_forward(
+                    logits, targets, spec,
+                )
+                .0
             }
 
             fn linear_token_logps(
                 hidden: burn::backend::tensor::FloatTensor<Self>,
                 weight: burn::backend::tensor::FloatTensor<Self>,
-                labels: burn::backend::tensor::IntTensor<Self>,
-                chunk_rows: usize,
+                bias: burn::backend::tensor::FloatTensor<Self>,
+                targets: burn::backend::tensor::IntTensor<Self>,
+                head: $crate::fused::LinearSpec,
             ) -> burn::backend::tensor::FloatTensor<Self> {
-                $crate::fused::linear::forward::<Self>(hidden, weight, labels, chunk_rows).0
+                let bias = head.has_bias.then_some(bias);
+                $crate::fused::linear::forward::<Self>(hidden, weight, bias, targets, head).0
             }
         }
     };
 }
 pub(crate) use plain_token_logp_ops;
 
-/// What the forward saves for the backward, per row `[N]`: the max `m` and `log Σ_v e^{z_v − m}`.
+/// What the forward saves for the backward, per row `[N]`: the max `m` and `log Σ_v e^{z'_v − m}`
+/// (and the entropy when it was requested, for its gradient).
 ///
 /// Kept apart rather than summed into one log-sum-exp: at `|z| ~ 1e4` an `f32` sum `m + log s`
 /// loses ~5e-4 absolute, which `exp(z − lse)` would turn into a 5e-4 relative gradient error.
+#[derive(Debug, Clone)]
 pub(crate) struct RowStats<B: Backend> {
     /// Row max `[N]` (0 on invalid rows).
     pub(crate) max: FloatTensor<B>,
-    /// `log Σ_v e^{z_v − max}` `[N]` (0 on invalid rows).
+    /// `log Σ_v e^{z'_v − max}` `[N]` (0 on invalid rows).
     pub(crate) log_sum: FloatTensor<B>,
+    /// Entropy `[N]` when requested (0 on invalid rows).
+    pub(crate) entropy: Option<FloatTensor<B>>,
 }
 
 /// Raw forward/backward of the fused op on a concrete (non-autodiff) backend; the autodiff
 /// implementation of [`TokenLogpOps`] registers them as one differentiable step. The default
 /// bodies are the composed tensor-op versions.
 pub(crate) trait TokenLogpKernels: Backend {
-    /// `(logp [N], stats)`, `logp = 0` on invalid rows.
+    /// `(out [N, K], stats)`, all 0 on invalid rows.
     fn token_logps_forward(
         logits: FloatTensor<Self>,
-        labels: IntTensor<Self>,
+        targets: IntTensor<Self>,
+        spec: Spec,
     ) -> (FloatTensor<Self>, RowStats<Self>) {
-        composed::forward::<Self>(logits, labels)
+        composed::forward::<Self>(logits, targets, spec)
     }
 
-    /// `dz [N, V] = g_n · (1[v = y_n] − e^{z_{n,v} − m_n − log s_n})`, zero rows where invalid.
+    /// `dz [N, V]` for the upstream gradient `grad [N, K]` (only the log-prob and entropy
+    /// columns carry one), chained through the transform; zero rows where invalid:
+    ///
+    /// ```text
+    /// dz'_v = g (1[v = y] − p_v) − g_H p_v (log p_v + H),   dz_v = dz'_v · ∂z'_v/∂z_v
+    /// ```
     fn token_logps_backward(
         logits: FloatTensor<Self>,
-        labels: IntTensor<Self>,
+        targets: IntTensor<Self>,
         stats: RowStats<Self>,
         grad: FloatTensor<Self>,
+        spec: Spec,
     ) -> FloatTensor<Self> {
-        composed::backward::<Self>(logits, labels, stats, grad)
+        composed::backward::<Self>(logits, targets, stats, grad, spec)
     }
 }
 
@@ -149,28 +276,62 @@ pub(crate) fn supported(device: &Device) -> bool {
     }
 }
 
-/// Token log-probs `[N]` of `logits [N, V]` at `labels [N]`; labels outside `[0, V)` give 0
-/// and zero gradient. Differentiable on autodiff devices. Only for [`supported`] devices.
-pub(crate) fn token_logps(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let out =
-        <Dispatch as TokenLogpOps>::token_logps(logits.into_dispatch(), labels.into_dispatch());
+/// Token log-probs and extras `[N, K]` of `logits [N, V]` at `targets [N]` (row-targets:
+/// [`INVALID`] rows give 0 and zero gradient). Differentiable on autodiff devices. Only for
+/// [`supported`] devices.
+pub(crate) fn token_logps(logits: Tensor<2>, targets: Tensor<1, Int>, spec: Spec) -> Tensor<2> {
+    let out = <Dispatch as TokenLogpOps>::token_logps(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+        spec,
+    );
     Tensor::from_dispatch(out)
 }
 
-/// Token log-probs `[N]` of the logits `hidden [N, H] · weightᵀ` (`weight [V, H]`) at
-/// `labels [N]`, never holding more than `chunk_rows × V` logits; differentiable in `hidden`
-/// and `weight` on autodiff devices. Only for [`supported`] devices.
-pub(crate) fn linear_token_logps(
-    hidden: Tensor<2>,
-    weight: Tensor<2>,
-    labels: Tensor<1, Int>,
-    chunk_rows: usize,
-) -> Tensor<1> {
-    let out = <Dispatch as TokenLogpOps>::linear_token_logps(
-        hidden.into_dispatch(),
-        weight.into_dispatch(),
-        labels.into_dispatch(),
-        chunk_rows,
-    );
-    Tensor::from_dispatch(out)
+/// How often each implementation ran, for tests that must observe the path they claim.
+static COUNTERS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+/// Which implementation of the fused op ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Path {
+    KernelForward = 0,
+    ComposedForward = 1,
+    InPlaceBackward = 2,
+    CopyingBackward = 3,
+    ComposedBackward = 4,
+}
+
+pub(crate) fn count(path: Path) {
+    COUNTERS[path as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Calls of each implementation of the fused log-prob op since the process started, process
+/// wide. A probe for tests that must observe which path ran; not a stable API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FusedPathCounters {
+    /// Forward passes over a logits block by the CPU slice kernels (one per call, or per chunk
+    /// on the LM-head path).
+    pub kernel_forward: u64,
+    /// Forward passes by the composed tensor-op fallback (wgpu, non-`f32` logits).
+    pub composed_forward: u64,
+    /// Backward passes that wrote the gradient over the logits' own buffer.
+    pub in_place_backward: u64,
+    /// Backward passes by the CPU kernels into a new buffer.
+    pub copying_backward: u64,
+    /// Backward passes by the composed tensor-op fallback.
+    pub composed_backward: u64,
+}
+
+/// The current [`FusedPathCounters`].
+#[doc(hidden)]
+pub fn fused_path_counters() -> FusedPathCounters {
+    let read = |path: Path| COUNTERS[path as usize].load(Ordering::Relaxed);
+    FusedPathCounters {
+        kernel_forward: read(Path::KernelForward),
+        composed_forward: read(Path::ComposedForward),
+        in_place_backward: read(Path::InPlaceBackward),
+        copying_backward: read(Path::CopyingBackward),
+        composed_backward: read(Path::ComposedBackward),
+    }
 }
