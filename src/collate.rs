@@ -262,7 +262,8 @@ struct Sequence {
 
 impl PreferenceCollator {
     /// Pairs → `[2B, T]`, chosen rows first then rejected, right-padded to the longest
-    /// sequence (then to `pad_to_multiple_of`).
+    /// sequence (at least 2, then up to `pad_to_multiple_of`). With an empty prompt the first
+    /// completion token is not scored: nothing precedes it to predict it (as in TRL).
     ///
     /// # Errors
     /// [`PreferenceError::Empty`] for no examples or an empty completion (an empty prompt is
@@ -399,7 +400,13 @@ impl PreferenceCollator {
     }
 
     fn padded(&self, sequences: &[Sequence], layout: Layout, scores: Option<Vec<f32>>) -> Collated {
-        let longest = sequences.iter().map(|s| s.ids.len()).max().unwrap_or(1);
+        // At least 2 positions: the causal shift pairs position t with label t + 1.
+        let longest = sequences
+            .iter()
+            .map(|s| s.ids.len())
+            .max()
+            .unwrap_or(1)
+            .max(2);
         let time = match self.pad_to_multiple_of {
             Some(m) => longest.next_multiple_of(m),
             None => longest,
@@ -418,6 +425,13 @@ impl PreferenceCollator {
         layout: Layout,
         scores: Option<Vec<f32>>,
     ) -> error::Result<Collated> {
+        if row_len < 2 {
+            return Err(PreferenceError::OutOfRange {
+                name: "row_len",
+                expected: ">= 2 (the causal shift pairs position t with label t + 1)",
+                actual: row_len as f64,
+            });
+        }
         if let Some(long) = sequences.iter().map(|s| s.ids.len()).find(|&n| n > row_len) {
             return Err(PreferenceError::OutOfRange {
                 name: "row_len",

@@ -48,7 +48,8 @@ fn pack_case() -> impl Strategy<Value = PackCase> {
         let longest = sequences.iter().map(|(l, _)| l.len()).max().unwrap_or(1);
         PackCase {
             sequences,
-            row_len: longest + extra,
+            // The causal shift needs T >= 2 in both layouts.
+            row_len: (longest + extra).max(2),
         }
     })
 }
@@ -85,7 +86,8 @@ fn padded_layout(case: &PackCase) -> (Vec<f32>, Vec<i64>, usize) {
         .iter()
         .map(|(l, _)| l.len())
         .max()
-        .unwrap_or(1);
+        .unwrap_or(1)
+        .max(2);
     let s = case.sequences.len();
     let mut logits = vec![0.0f32; s * width * VOCAB];
     let mut labels = vec![-100i64; s * width];
@@ -446,7 +448,7 @@ proptest! {
         }
         let padded = collator.pad(&case.examples).expect("padded");
         let longest = expected.iter().map(|(p, c)| p.len() + c.len()).max().expect("sequences");
-        let packed = collator.pack(&case.examples, longest + extra).expect("packed");
+        let packed = collator.pack(&case.examples, (longest + extra).max(2)).expect("packed");
         for batch in [&padded, &packed] {
             prop_assert_eq!(batch.layout, Layout::ChosenFirst { pairs: case.examples.len() });
             let sequences = batch.unpack();
