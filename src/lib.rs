@@ -46,8 +46,8 @@ pub use logps::{
     LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput, sequence_logps,
 };
 pub use loss::{
-    DpoConfig, IpoConfig, PreferenceBatch, PreferenceLoss, PreferenceOutput, Psi, PsiPoConfig,
-    PsiPoLoss, RankLoss, Reduction, RrhfConfig, RrhfLoss,
+    DpoConfig, DpoLoss, DpoLossType, FDivergence, IpoConfig, PreferenceBatch, PreferenceLoss,
+    PreferenceOutput, Psi, PsiPoConfig, PsiPoLoss, RankLoss, Reduction, RrhfConfig, RrhfLoss,
 };
 pub use metrics::{
     PreferenceMetrics, TokenKl, categorical_kl, implicit_rewards, preference_accuracy,

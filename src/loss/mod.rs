@@ -11,23 +11,48 @@
 //! | [ΨPO](PsiPoConfig) | either, by [`Psi`] | yes or free | choosing Ψ at run time |
 //! | [RRHF](RrhfConfig) | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
 
+mod anchored;
+mod aot;
 pub(crate) mod batch;
+mod concatenated;
+mod divergence;
 mod dpo;
 mod ipo;
+mod loss_type;
+mod margin;
 mod psipo;
 mod rrhf;
+mod sft;
+mod squared;
+mod zoo;
 
 pub use batch::PreferenceBatch;
+pub use divergence::FDivergence;
 pub use dpo::DpoConfig;
 pub use ipo::IpoConfig;
+pub use loss_type::DpoLossType;
 pub use psipo::{Psi, PsiPoConfig, PsiPoLoss};
 pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
+pub use zoo::DpoLoss;
 
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use crate::error;
-use crate::metrics::PreferenceMetrics;
+use crate::metrics::{PreferenceMetrics, TokenMetrics};
+
+/// TRL's token-level metrics of the batch's policy tensors, when it carries them.
+pub(crate) fn token_metrics(batch: &PreferenceBatch) -> TokenMetrics {
+    match batch.tokens.policy.as_deref() {
+        None => TokenMetrics::default(),
+        Some(side) => TokenMetrics::new(
+            &side.valid,
+            side.mean_logits.as_ref(),
+            side.entropy.as_ref(),
+            side.is_top1.as_ref(),
+        ),
+    }
+}
 
 /// A preference-optimisation loss.
 ///
