@@ -185,7 +185,7 @@ fn every_trl_loss_option_matches_trl_1_16() {
     let mut covered = std::collections::BTreeSet::new();
     for (name, device) in autodiff_devices() {
         for case in cases {
-            let label = format!("{}", case["name"].as_str().expect("name"));
+            let label = case["name"].as_str().expect("name").to_string();
             let mut config: DpoConfig =
                 serde_json::from_value(case["config"].clone()).expect("TRL config");
             if label == "sigmoid_ls0.1_ignored" {

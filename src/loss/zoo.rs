@@ -52,8 +52,8 @@ use crate::ratios::{log_ratios, split_concatenated};
 ///     .with_pairwise_reference(f([-13.0, -30.0]), f([-13.5, -29.5]))?;
 /// let loss = DpoConfig::new().with_loss_type(DpoLossType::Hinge).init()?;
 /// let out = loss.forward(batch)?;
-/// // hinge: relu(1 − βΔ) with Δ = (1, −1) → mean(0.9, 1.1) = 1.
-/// assert!((out.loss.into_scalar::<f32>() - 1.0).abs() < 1e-5);
+/// // hinge: relu(1 − βΔ) with Δ = ℓc − ℓr = (1.5, −1) → mean(0.85, 1.1) = 0.975.
+/// assert!((out.loss.into_scalar::<f32>() - 0.975).abs() < 1e-5);
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 ///
