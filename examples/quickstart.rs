@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     report(
         "cDPO (β = 0.1, ε = 0.1)",
-        DpoConfig::new()
+        PsiPoConfig::new(Psi::Logit)
             .with_label_smoothing(0.1)
             .init()?
             .forward(pairs.clone())?,

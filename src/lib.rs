@@ -1,6 +1,7 @@
-//! Preference-optimisation losses for [burn](https://burn.dev): ΨPO, DPO (with label
-//! smoothing, soft labels and a reference-free mode), IPO and RRHF, with the helpers every
-//! trainer needs.
+//! Preference-optimisation losses for [burn](https://burn.dev): every loss of TRL 1.16's
+//! `DPOTrainer` (configured by the same keys as TRL's `DPOConfig`, with f-divergences, WPO,
+//! LD-DPO and mixtures), ΨPO, conservative DPO (label smoothing, soft labels), IPO and RRHF,
+//! with reference-free modes and the helpers every trainer needs.
 //!
 //! The modules follow the data: [`logps`] turns logits into sequence log-probs, [`ratios`]
 //! turns those into policy/reference log-ratios, [`loss`] turns a [`PreferenceBatch`] into a
@@ -80,8 +81,8 @@ pub use logps::{
     sequence_logps,
 };
 pub use loss::{
-    DpoConfig, IpoConfig, PreferenceBatch, PreferenceLoss, PreferenceOutput, Psi, PsiPoConfig,
-    PsiPoLoss, RankLoss, Reduction, RrhfConfig, RrhfLoss,
+    DpoConfig, DpoLoss, DpoLossType, FDivergence, IpoConfig, PreferenceBatch, PreferenceLoss,
+    PreferenceOutput, Psi, PsiPoConfig, PsiPoLoss, RankLoss, Reduction, RrhfConfig, RrhfLoss,
 };
 pub use metrics::{
     PreferenceMetrics, TokenKl, categorical_kl, implicit_rewards, preference_accuracy,

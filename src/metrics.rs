@@ -5,7 +5,7 @@
 //! `rewards/accuracies`.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use crate::check;
 use crate::error::{PreferenceError, Result};
@@ -29,11 +29,70 @@ pub struct PreferenceMetrics {
     /// Fraction of ordered pairs `r_i > r_j` whose rewards are ordered the same way `[1]`
     /// (equals `accuracy` for pairwise batches).
     pub ranking_accuracy: Tensor<1>,
+    /// The policy's sequence log-prob of the preferred response, as the loss saw it (e.g. with
+    /// LD-DPO's weighting) `[B]` (`logps/chosen`, batch mean).
+    pub logps_chosen: Tensor<1>,
+    /// The policy's sequence log-prob of the dispreferred response `[B]` (`logps/rejected`).
+    pub logps_rejected: Tensor<1>,
+    /// Mean over the chosen completions' tokens of the vocabulary-mean logit `[1]`
+    /// (`logits/chosen`); only when the batch carries `mean_logits`.
+    pub logits_chosen: Option<Tensor<1>>,
+    /// The same over the rejected completions' tokens `[1]` (`logits/rejected`).
+    pub logits_rejected: Option<Tensor<1>>,
+    /// Mean per-token entropy of the policy over all completion tokens, chosen and rejected
+    /// `[1]` (`entropy`); only when the batch carries `entropy`.
+    pub entropy: Option<Tensor<1>>,
+    /// Fraction of the chosen completions' tokens whose label is the policy's argmax `[1]`
+    /// (`mean_token_accuracy`); only when the batch carries `is_top1`.
+    pub mean_token_accuracy: Option<Tensor<1>>,
+}
+
+/// TRL's per-token metrics over concatenated `[2B, T']` rows (chosen first).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenMetrics {
+    pub(crate) logits_chosen: Option<Tensor<1>>,
+    pub(crate) logits_rejected: Option<Tensor<1>>,
+    pub(crate) entropy: Option<Tensor<1>>,
+    pub(crate) mean_token_accuracy: Option<Tensor<1>>,
+}
+
+impl TokenMetrics {
+    /// As TRL logs them: token means over the valid positions (0 when there are none).
+    pub(crate) fn new(
+        valid: &Tensor<2, Bool>,
+        mean_logits: Option<&Tensor<2>>,
+        entropy: Option<&Tensor<2>>,
+        is_top1: Option<&Tensor<2, Bool>>,
+    ) -> Self {
+        let rows = valid.dims()[0] / 2;
+        let valid = valid.clone().float();
+        let chosen_valid = valid.clone().narrow(0, 0, rows);
+        let rejected_valid = valid.clone().narrow(0, rows, rows);
+        let token_mean = |values: Tensor<2>, mask: Tensor<2>| {
+            let count = mask.clone().sum().clamp_min(1.0);
+            values.detach().mul(mask).sum().div(count)
+        };
+        let logits = mean_logits.map(|m| {
+            (
+                token_mean(m.clone().narrow(0, 0, rows), chosen_valid.clone()),
+                token_mean(m.clone().narrow(0, rows, rows), rejected_valid.clone()),
+            )
+        });
+        let (logits_chosen, logits_rejected) = logits.unzip();
+        Self {
+            logits_chosen,
+            logits_rejected,
+            entropy: entropy.map(|e| token_mean(e.clone(), valid.clone())),
+            mean_token_accuracy: is_top1
+                .map(|t| token_mean(t.clone().narrow(0, 0, rows).float(), chosen_valid.clone())),
+        }
+    }
 }
 
 impl PreferenceMetrics {
-    pub(crate) fn from_rewards(rewards: Tensor<2>, ranking: &Ranking) -> Self {
+    pub(crate) fn from_rewards(rewards: Tensor<2>, logps: Tensor<2>, ranking: &Ranking) -> Self {
         let rewards = rewards.detach();
+        let logps = logps.detach();
         let rewards_chosen = ranking.at_best(rewards.clone());
         let rewards_rejected = ranking.at_worst(rewards.clone());
         let margins = rewards_chosen.clone().sub(rewards_rejected.clone());
@@ -52,7 +111,61 @@ impl PreferenceMetrics {
             margins,
             accuracy,
             ranking_accuracy,
+            logps_chosen: ranking.at_best(logps.clone()),
+            logps_rejected: ranking.at_worst(logps),
+            logits_chosen: None,
+            logits_rejected: None,
+            entropy: None,
+            mean_token_accuracy: None,
         }
+    }
+
+    pub(crate) fn with_token_metrics(mut self, tokens: TokenMetrics) -> Self {
+        self.logits_chosen = tokens.logits_chosen;
+        self.logits_rejected = tokens.logits_rejected;
+        self.entropy = tokens.entropy;
+        self.mean_token_accuracy = tokens.mean_token_accuracy;
+        self
+    }
+
+    /// The batch metrics under the names TRL's `DPOTrainer` logs, ready for a logger: `entropy`,
+    /// `logits/chosen`, `logits/rejected`, `mean_token_accuracy` (when present),
+    /// `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
+    /// `logps/chosen`, `logps/rejected` (batch means). Reads the values back to the host.
+    ///
+    /// # Errors
+    /// [`PreferenceError::Read`](crate::PreferenceError::Read) when reading a tensor back from
+    /// the device fails.
+    pub fn log(&self) -> Result<Vec<(&'static str, f64)>> {
+        let mean = |arg: &'static str, t: &Tensor<1>| -> Result<f64> {
+            let values = check::read_floats(arg, t.clone())?;
+            let sum: f64 = values.iter().map(|v| f64::from(*v)).sum();
+            Ok(sum / values.len().max(1) as f64)
+        };
+        let mut out = Vec::with_capacity(10);
+        let optional = [
+            ("entropy", &self.entropy),
+            ("logits/chosen", &self.logits_chosen),
+            ("logits/rejected", &self.logits_rejected),
+            ("mean_token_accuracy", &self.mean_token_accuracy),
+        ];
+        for (name, tensor) in optional {
+            if let Some(t) = tensor {
+                out.push((name, mean(name, t)?));
+            }
+        }
+        let always = [
+            ("rewards/chosen", &self.rewards_chosen),
+            ("rewards/rejected", &self.rewards_rejected),
+            ("rewards/accuracies", &self.accuracy),
+            ("rewards/margins", &self.margins),
+            ("logps/chosen", &self.logps_chosen),
+            ("logps/rejected", &self.logps_rejected),
+        ];
+        for (name, tensor) in always {
+            out.push((name, mean(name, tensor)?));
+        }
+        Ok(out)
     }
 }
 
@@ -81,7 +194,7 @@ pub fn ranking_accuracy(values: Tensor<2>, scores: Tensor<2>) -> Result<Tensor<1
     let [batch, candidates] = values.dims();
     let scores = ranking::read_scores("values", values.dims(), scores)?;
     let ranking = Ranking::new(&scores, batch, candidates, &values.device());
-    Ok(PreferenceMetrics::from_rewards(values, &ranking).ranking_accuracy)
+    Ok(PreferenceMetrics::from_rewards(values.clone(), values, &ranking).ranking_accuracy)
 }
 
 /// Exact token-level `KL(π ‖ π_ref)` of a batch.

@@ -17,3 +17,9 @@ pub(crate) fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let tail = x.mul(sign).neg().exp().log1p();
     positive_part.add(tail)
 }
+
+/// `σ(x) = 1/(1 + e^{−x})`, evaluated as `e^{−softplus(−x)}`: the exponent is `≤ 0`, so the
+/// value and its gradient `σ(x)σ(−x)` stay finite (and exact at the ends) for any finite `x`.
+pub(crate) fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    softplus(x.neg()).neg().exp()
+}

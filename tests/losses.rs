@@ -367,13 +367,30 @@ fn named_losses_are_bit_identical_to_psipo() {
             floats(vec![-3.0, -2.5, -0.5], [3], &device),
         )
         .unwrap();
-        let dpo = DpoConfig::new().with_beta(0.3).with_label_smoothing(0.15);
-        let psipo_logit = PsiPoConfig::new(Psi::Logit)
-            .with_beta(0.3)
-            .with_label_smoothing(0.15);
+        // The zoo's `sigmoid` (TRL 1.16: no smoothing) is ΨPO's logit form without ε.
+        let dpo = DpoConfig::new().with_beta(0.3);
+        let psipo_logit = PsiPoConfig::new(Psi::Logit).with_beta(0.3);
         assert_eq!(
             losses_of(&dpo.init().unwrap(), batch.clone()),
             losses_of(&psipo_logit.init().unwrap(), batch.clone())
+        );
+        // The zoo's `ipo` length-normalises; with unit lengths it is ΨPO's identity form.
+        let zoo_ipo = DpoConfig::new()
+            .with_beta(0.7)
+            .with_loss_type(burn_preference::DpoLossType::Ipo);
+        let unit = batch
+            .clone()
+            .with_lengths(floats(vec![1.0; 6], [3, 2], &device))
+            .unwrap();
+        assert_eq!(
+            losses_of(&zoo_ipo.init().unwrap(), unit),
+            losses_of(
+                &PsiPoConfig::new(Psi::Identity)
+                    .with_beta(0.7)
+                    .init()
+                    .unwrap(),
+                batch.clone()
+            )
         );
         let ipo = IpoConfig::new().with_tau(0.7);
         let psipo_identity = PsiPoConfig::new(Psi::Identity).with_beta(0.7);
@@ -991,18 +1008,16 @@ fn bad_inputs_get_typed_errors() {
         Err(PreferenceError::OutOfRange { name, .. }) => name,
         other => panic!("expected OutOfRange, got {other:?}"),
     };
-    assert_eq!(out_of_range(DpoConfig::new().with_beta(0.0).init()), "beta");
-    assert_eq!(
-        out_of_range(DpoConfig::new().with_beta(f64::NAN).init()),
-        "beta"
-    );
+    let logit = || PsiPoConfig::new(Psi::Logit);
+    assert_eq!(out_of_range(logit().with_beta(0.0).init()), "beta");
+    assert_eq!(out_of_range(logit().with_beta(f64::NAN).init()), "beta");
     assert_eq!(out_of_range(IpoConfig::new().with_tau(-0.1).init()), "tau");
     assert_eq!(
-        out_of_range(DpoConfig::new().with_label_smoothing(0.5).init()),
+        out_of_range(logit().with_label_smoothing(0.5).init()),
         "label_smoothing"
     );
     assert_eq!(
-        out_of_range(DpoConfig::new().with_label_smoothing(-0.01).init()),
+        out_of_range(logit().with_label_smoothing(-0.01).init()),
         "label_smoothing"
     );
     for (config, expected) in [

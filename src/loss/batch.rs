@@ -27,6 +27,8 @@ pub struct PreferenceBatch {
     pub(crate) scores: Option<Vec<f32>>,
     pub(crate) lengths: Option<Tensor<2>>,
     pub(crate) soft_labels: Option<Tensor<1>>,
+    /// Per-token tensors from [`from_concatenated`](Self::from_concatenated).
+    pub(crate) tokens: super::concatenated::TokenInputs,
 }
 
 impl PreferenceBatch {
@@ -73,6 +75,7 @@ impl PreferenceBatch {
             scores: None,
             lengths: None,
             soft_labels: None,
+            tokens: Default::default(),
         })
     }
 

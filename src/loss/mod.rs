@@ -1,4 +1,5 @@
-//! Preference losses: ΨPO and its named forms DPO and IPO, and RRHF.
+//! Preference losses: the DPO family of TRL's `DPOTrainer` ([`DpoConfig`], every TRL 1.16
+//! `loss_type`), ΨPO and its named forms DPO and IPO, and RRHF.
 //!
 //! Every loss implements [`PreferenceLoss`]: it takes a [`PreferenceBatch`] of `B` prompts with
 //! `K ≥ 2` candidate responses each and returns a [`PreferenceOutput`] with the reduced loss, the
@@ -6,28 +7,60 @@
 //!
 //! | loss | per ordered pair `i ≻ j`, `h = ρ_i − ρ_j` | reference | pick it when |
 //! |---|---|---|---|
-//! | [DPO](DpoConfig) | `softplus(−βh)` (ε-smoothed: cDPO) | yes or free | the default; large data sets |
+//! | [DPO family](DpoConfig) | any [`DpoLossType`], weighted, with [`FDivergence`], WPO, LD-DPO | yes or free | TRL's `DPOConfig`, key for key |
+//! | [cDPO](PsiPoConfig) | `(1 − ε)·softplus(−βh) + ε·softplus(βh)` | yes or free | labels flipped at a rate ε |
 //! | [IPO](IpoConfig) | `(h − 1/(2τ))²` | yes or free | deterministic or small data: it cannot overfit |
-//! | [ΨPO](PsiPoConfig) | either, by [`Psi`] | yes or free | choosing Ψ at run time |
+//! | [ΨPO](PsiPoConfig) | DPO's or IPO's, by [`Psi`] | yes or free | choosing Ψ at run time |
 //! | [RRHF](RrhfConfig) | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
+//!
+//! Each TRL `loss_type` lives in one family file, found by its TRL name: margin losses of `βΔ`
+//! (`sigmoid`, `hinge`, `robust`, `exo_pair`, `discopop`, `sigmoid_norm`), squared-target losses
+//! (`ipo`, `sppo_hard`), anchored per-response losses (`nca_pair`, `bco_pair`, `apo_zero`,
+//! `apo_down`), batch-sorted AOT (`aot`, `aot_unpaired`) and the NLL term (`sft`). ΨPO's logit
+//! and identity forms call the same `sigmoid` and `ipo` functions.
 
+mod anchored;
+mod aot;
 pub(crate) mod batch;
+mod concatenated;
+mod divergence;
 mod dpo;
 mod ipo;
+mod loss_type;
+mod margin;
 mod psipo;
 mod rrhf;
+mod sft;
+mod squared;
+mod zoo;
 
 pub use batch::PreferenceBatch;
+pub use divergence::FDivergence;
 pub use dpo::DpoConfig;
 pub use ipo::IpoConfig;
+pub use loss_type::DpoLossType;
 pub use psipo::{Psi, PsiPoConfig, PsiPoLoss};
 pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
+pub use zoo::DpoLoss;
 
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use crate::error;
-use crate::metrics::PreferenceMetrics;
+use crate::metrics::{PreferenceMetrics, TokenMetrics};
+
+/// TRL's token-level metrics of the batch's policy tensors, when it carries them.
+pub(crate) fn token_metrics(batch: &PreferenceBatch) -> TokenMetrics {
+    match batch.tokens.policy.as_deref() {
+        None => TokenMetrics::default(),
+        Some(side) => TokenMetrics::new(
+            &side.valid,
+            side.mean_logits.as_ref(),
+            side.entropy.as_ref(),
+            side.is_top1.as_ref(),
+        ),
+    }
+}
 
 /// A preference-optimisation loss.
 ///

@@ -3,11 +3,10 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction};
+use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction, margin, squared};
 use crate::check;
 use crate::error;
 use crate::metrics::PreferenceMetrics;
-use crate::numerics::softplus;
 
 /// The Ψ of ΨPO's objective `max_π E[Ψ(p*(y ≻ y'))] − β·KL(π ‖ π_ref)`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -116,38 +115,21 @@ impl PsiPoLoss {
     }
 
     /// The per-pair loss of margins `h`, with the preference label `q` broadcast over `h`.
+    /// The formulas live in the zoo's families (`sigmoid` and `ipo`): one implementation each.
     fn pair_loss(&self, margins: Tensor<3>, labels: Option<Tensor<3>>) -> Tensor<3> {
         let eps = self.label_smoothing;
         match (self.psi, labels) {
-            (Psi::Logit, None) => {
-                let scaled = margins.mul_scalar(self.beta);
-                let forward = softplus(scaled.clone().neg());
-                if eps == 0.0 {
-                    forward
-                } else {
-                    forward
-                        .mul_scalar(1.0 - eps)
-                        .add(softplus(scaled).mul_scalar(eps))
-                }
-            }
+            (Psi::Logit, None) => margin::sigmoid(margins.mul_scalar(self.beta), eps),
             (Psi::Logit, Some(q)) => {
-                let q = smooth(q, eps);
-                let scaled = margins.mul_scalar(self.beta);
-                let flipped = q.clone().neg().add_scalar(1.0);
-                softplus(scaled.clone().neg())
-                    .mul(q)
-                    .add(softplus(scaled).mul(flipped))
+                margin::sigmoid_soft(margins.mul_scalar(self.beta), smooth(q, eps))
             }
-            (Psi::Identity, None) => {
-                let target = (1.0 - 2.0 * eps) / (2.0 * self.beta);
-                margins.sub_scalar(target).square()
-            }
+            (Psi::Identity, None) => squared::ipo(margins, (1.0 - 2.0 * eps) / (2.0 * self.beta)),
             (Psi::Identity, Some(q)) => {
                 let target = smooth(q, eps)
                     .mul_scalar(2.0)
                     .sub_scalar(1.0)
                     .div_scalar(2.0 * self.beta);
-                margins.sub(target).square()
+                squared::ipo_soft(margins, target)
             }
         }
     }
@@ -180,10 +162,12 @@ impl PreferenceLoss for PsiPoLoss {
         let pair_losses = self.pair_loss(ranking.margins(ratios.clone()), labels);
         let losses = ranking.mean_over_pairs(pair_losses);
         let rewards = ratios.detach().mul_scalar(self.beta);
+        let metrics = PreferenceMetrics::from_rewards(rewards, batch.policy.clone(), &ranking)
+            .with_token_metrics(super::token_metrics(&batch));
         Ok(PreferenceOutput {
             loss: self.reduction.apply(losses.clone()),
             losses,
-            metrics: PreferenceMetrics::from_rewards(rewards, &ranking),
+            metrics,
         })
     }
 }

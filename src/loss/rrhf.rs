@@ -98,6 +98,7 @@ impl PreferenceLoss for RrhfLoss {
             why: "the length penalty and fine-tune term need each candidate's token count",
         })?;
         let ranking = batch.ranking();
+        let tokens = super::token_metrics(&batch);
         let sums = batch.policy;
         let lengths = lengths.clamp_min(1.0);
         let scores = sums
@@ -110,14 +111,18 @@ impl PreferenceLoss for RrhfLoss {
             RankLoss::Hinge => ranking.sum_over_pairs(violations.clamp_min(0.0)),
             RankLoss::Logistic => ranking.mean_over_pairs(softplus(violations)),
         };
-        let fine_tune = ranking.at_best(sums).div(ranking.at_best(lengths)).neg();
+        let fine_tune = ranking
+            .at_best(sums.clone())
+            .div(ranking.at_best(lengths))
+            .neg();
         let losses = rank
             .mul_scalar(self.rank_weight)
             .add(fine_tune.mul_scalar(self.ft_weight));
         Ok(PreferenceOutput {
             loss: self.reduction.apply(losses.clone()),
             losses,
-            metrics: PreferenceMetrics::from_rewards(scores.detach(), &ranking),
+            metrics: PreferenceMetrics::from_rewards(scores.detach(), sums, &ranking)
+                .with_token_metrics(tokens),
         })
     }
 }
