@@ -167,10 +167,10 @@ pub(crate) fn tanh<const FMA: bool>(x: f32) -> f32 {
     let large = (1.0 - e) / (1.0 + e);
     let z = x * x;
     let mut p = -5.704_988_7e-3_f32;
-    p = mul_add::<FMA>(p, z, 2.063_908_9e-2);
+    p = mul_add::<FMA>(p, z, 2.063_909e-2);
     p = mul_add::<FMA>(p, z, -5.373_971_6e-2);
     p = mul_add::<FMA>(p, z, 1.333_144_2e-1);
-    p = mul_add::<FMA>(p, z, -3.333_328_2e-1);
+    p = mul_add::<FMA>(p, z, -3.333_328e-1);
     let small = mul_add::<FMA>(p * z, a, a);
     let t = if a < 0.625 { small } else { large };
     t.copysign(x)
