@@ -187,8 +187,8 @@ impl DpoConfig {
     /// # Errors
     /// - [`PreferenceError::Empty`] for an empty `loss_type` list.
     /// - [`PreferenceError::Shape`] when `loss_weights` has not one weight per loss type.
-    /// - [`PreferenceError::OutOfRange`] for β not finite in f32's normal range
-    ///   (`[1.18e-38, 3.4e38]`), a non-finite weight, `label_smoothing` outside `[0, 1]`,
+    /// - [`PreferenceError::OutOfRange`] for β outside `[1e-8, 1e8]` (beyond it `β·Δ` or
+    ///   the target `1/(2β)` squared leave what `f32` holds), a non-finite weight, `label_smoothing` outside `[0, 1]`,
     ///   `label_smoothing > 0` that no chosen loss type reads, `exo_pair` with ε = 0 (or
     ///   ε = 1), `robust` with ε ∉ `[0, ½)`, `ld_alpha ∉ [0, 1]`, `discopop_tau ≤ 0`, or a
     ///   non-finite `f_alpha_divergence_coef`.
@@ -216,14 +216,8 @@ impl DpoConfig {
         for w in &weights {
             check::param("loss_weights", *w, "finite", |_| true)?;
         }
-        // β scales f32 margins and 1/(2β) is an f32 target: both must be finite f32 numbers.
-        let (tiny, huge) = (f64::from(f32::MIN_POSITIVE), f64::from(f32::MAX));
-        check::param(
-            "beta",
-            self.beta,
-            "> 0 and within f32's normal range [1.18e-38, 3.4e38]",
-            |b| (tiny..=huge).contains(&b),
-        )?;
+        // β scales f32 margins and 1/(2β) is IPO's f32 target: the one range every loss uses.
+        check::kl_coefficient("beta", self.beta)?;
         let eps = self.label_smoothing;
         check::param("label_smoothing", eps, "in [0, 1]", |e| {
             (0.0..=1.0).contains(&e)

@@ -209,7 +209,7 @@ impl DpoLoss {
         Ok(match loss_type {
             DpoLossType::Sigmoid => match &inputs.labels {
                 Some(q) => {
-                    let z = Ranking::differences(inputs.scores.clone()).mul_scalar(beta);
+                    let z = inputs.ranking.margins(inputs.scores.clone()).mul_scalar(beta);
                     inputs
                         .ranking
                         .mean_over_pairs(margin::sigmoid_soft(z, q.clone()))
@@ -224,7 +224,7 @@ impl DpoLoss {
                 let normalised = inputs.normalised(loss_type)?;
                 match &inputs.labels {
                     Some(q) => {
-                        let z = Ranking::differences(normalised).mul_scalar(beta);
+                        let z = inputs.ranking.margins(normalised).mul_scalar(beta);
                         inputs
                             .ranking
                             .mean_over_pairs(margin::sigmoid_soft(z, q.clone()))
@@ -233,7 +233,7 @@ impl DpoLoss {
                 }
             }
             DpoLossType::Ipo => {
-                let h = Ranking::differences(inputs.normalised(loss_type)?);
+                let h = inputs.ranking.margins(inputs.normalised(loss_type)?);
                 let pair = match &inputs.labels {
                     Some(q) => {
                         let target = q
@@ -320,7 +320,7 @@ impl Inputs<'_> {
         beta: f64,
         pair: &dyn Fn(Tensor<3>) -> Tensor<3>,
     ) -> Tensor<1> {
-        let z = Ranking::differences(values).mul_scalar(beta);
+        let z = self.ranking.margins(values).mul_scalar(beta);
         let per_pair = match &self.labels {
             None => pair(z),
             Some(q) => {
