@@ -46,6 +46,10 @@ pub use logps::{
     LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput, sequence_logps,
 };
 pub use loss::{
+    BcoConfig, BcoLoss, BcoState, CpoConfig, CpoLoss, CpoLossType, KtoConfig, KtoLoss, KtoLossType,
+    OrpoConfig, OrpoLoss, UnpairedBatch,
+};
+pub use loss::{
     DpoConfig, IpoConfig, PreferenceBatch, PreferenceLoss, PreferenceOutput, Psi, PsiPoConfig,
     PsiPoLoss, RankLoss, Reduction, RrhfConfig, RrhfLoss,
 };

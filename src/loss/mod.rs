@@ -12,14 +12,24 @@
 //! | [RRHF](RrhfConfig) | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
 
 pub(crate) mod batch;
+mod bco;
+mod cpo;
 mod dpo;
 mod ipo;
+mod kto;
+mod nll;
+mod orpo;
 mod psipo;
 mod rrhf;
 
 pub use batch::PreferenceBatch;
+pub use bco::{BcoConfig, BcoLoss, BcoOutput, BcoState};
+pub use cpo::{ALPHAPO_MAX_SCALE, CpoConfig, CpoLoss, CpoLossType, CpoOutput};
 pub use dpo::DpoConfig;
 pub use ipo::IpoConfig;
+pub use kto::{KlSequence, KtoConfig, KtoLoss, KtoLossType, KtoOutput, UnpairedBatch, kl_pairs};
+pub use nll::token_mean_nll;
+pub use orpo::{ORPO_MAX_LOGP, OrpoConfig, OrpoLoss, OrpoOutput};
 pub use psipo::{Psi, PsiPoConfig, PsiPoLoss};
 pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
 
