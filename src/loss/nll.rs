@@ -82,7 +82,7 @@ pub(crate) fn token_logps_of(
 /// Splits `[2B, …]` concatenated rows (chosen first, as TRL stacks them) into `B`.
 pub(crate) fn pair_count(arg: &'static str, rows: usize) -> error::Result<usize> {
     check::non_empty(arg, rows)?;
-    if rows % 2 != 0 {
+    if !rows.is_multiple_of(2) {
         return Err(PreferenceError::Shape {
             arg,
             expected: "[2B] concatenated rows: B chosen, then B rejected".to_string(),
