@@ -171,7 +171,8 @@ pub const ALPHAPO_MAX_SCALE: f64 = 1e30;
 /// The AlphaPO reward is computed with an `expm1` that is accurate near `s = 0`; for
 /// `α > 0` and very negative `s`, `p^{−α}` overflows: when `β·p^{−α}` or `β·|r|` of a sequence
 /// exceeds [`ALPHAPO_MAX_SCALE`] the forward returns [`PreferenceError::NonFinite`] rather
-/// than an infinite loss (e.g. `α = 0.5` allows `s` down to about −138, `α = 0.01` to −6900).
+/// than an infinite loss (at `β = 0.1`, `α = 0.5` allows `s` down to about −140, `α = 0.01` to
+/// about −6700).
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Int, Tensor};
