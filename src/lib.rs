@@ -81,6 +81,10 @@ pub use logps::{
     sequence_logps,
 };
 pub use loss::{
+    BcoConfig, BcoLoss, BcoState, CpoConfig, CpoLoss, CpoLossType, KtoConfig, KtoLoss, KtoLossType,
+    OrpoConfig, OrpoLoss, UnpairedBatch,
+};
+pub use loss::{
     DpoConfig, DpoLoss, DpoLossType, FDivergence, IpoConfig, PreferenceBatch, PreferenceLoss,
     PreferenceOutput, Psi, PsiPoConfig, PsiPoLoss, RankLoss, Reduction, RrhfConfig, RrhfLoss,
 };

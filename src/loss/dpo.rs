@@ -280,7 +280,7 @@ impl DpoConfig {
             "discopop_tau",
             self.discopop_tau,
             "> 0 and within f32's normal range",
-            |t| (tiny..=huge).contains(&t),
+            |t| (f64::from(f32::MIN_POSITIVE)..=f64::from(f32::MAX)).contains(&t),
         )?;
         Ok(DpoLoss::new(self.clone(), weights))
     }

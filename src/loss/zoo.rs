@@ -5,7 +5,7 @@ use burn::tensor::{Bool, Tensor};
 
 use super::{
     DpoConfig, DpoLossType, PreferenceBatch, PreferenceLoss, PreferenceOutput, anchored, aot,
-    margin, sft, squared,
+    margin, nll, squared,
 };
 use crate::error::{self, PreferenceError};
 use crate::metrics::PreferenceMetrics;
@@ -291,7 +291,7 @@ impl DpoLoss {
                     })?;
                 let (chosen, _) = split_concatenated("policy.token_logps", tokens)?;
                 let (valid, _) = split_bool(side.valid.clone());
-                let nll = sft::sft(chosen, valid);
+                let nll = nll::token_mean_nll(chosen, valid)?;
                 // TRL expands the batch scalar to every pair, so WPO weights and the
                 // reduction treat it like the per-pair losses.
                 Tensor::ones([inputs.batch.prompts()], &nll.device()).mul(nll)
