@@ -13,12 +13,17 @@
 
 mod common;
 
-use burn::tensor::{Device, Int, Tensor};
+use std::str::FromStr;
+
+use burn::tensor::{Bool, Device, Int, Tensor};
+use burn_preference::loss::{CpoLossType, KtoLossType, kl_pairs, token_mean_nll};
 use burn_preference::{
-    DpoConfig, IpoConfig, LogpReduction, PreferenceBatch, PreferenceError, PreferenceLoss, Psi,
-    PsiPoConfig, RrhfConfig, SequenceLogpsConfig, categorical_kl, concatenated_log_ratios,
-    log_ratios, pairwise_log_ratios, ranking_accuracy, sequence_logps, split_concatenated,
-    token_kl,
+    BcoConfig, BcoState, CpoConfig, DpoConfig, DpoLossType, FDivergence, HeadLayout, IpoConfig,
+    KtoConfig, LmHead, LogpReduction, OrpoConfig, PreferenceBatch, PreferenceCollatorConfig,
+    PreferenceError, PreferenceExample, PreferenceLoss, Psi, PsiPoConfig, RankedExample,
+    RrhfConfig, Segments, SequenceLogpsConfig, UnpairedBatch, categorical_kl,
+    concatenated_log_ratios, log_ratios, pairwise_log_ratios, ranking_accuracy, sequence_logps,
+    split_concatenated, token_kl,
 };
 use common::{assert_close, autodiff_devices, devices, floats, fuzz_cases, ints, to_vec};
 use proptest::prelude::*;
@@ -375,6 +380,348 @@ fn config_cases() -> Vec<Case> {
     ]
 }
 
+/// The options added with the TRL loss zoo, the reference-free losses, the fused pass's
+/// transforms, the collator and packed segments: every one validated where it enters.
+fn option_cases() -> Vec<Case> {
+    let logps = SequenceLogpsConfig::new;
+    let dpo = DpoConfig::new;
+    let types = |t: &[DpoLossType]| DpoConfig::new().with_loss_types(t.to_vec());
+    let collator = PreferenceCollatorConfig::new;
+    vec![
+        case(
+            "temperature 0",
+            logps().with_temperature(0.0).init(),
+            "OutOfRange",
+            "temperature",
+        ),
+        case(
+            "temperature NaN",
+            logps().with_temperature(f64::NAN).init(),
+            "OutOfRange",
+            "temperature",
+        ),
+        case(
+            "logit_scale < 0",
+            logps().with_logit_scale(-1.0).init(),
+            "OutOfRange",
+            "logit_scale",
+        ),
+        case(
+            "softcap 0",
+            logps().with_final_logit_softcapping(Some(0.0)).init(),
+            "OutOfRange",
+            "final_logit_softcapping",
+        ),
+        case(
+            "softcap inf",
+            logps()
+                .with_final_logit_softcapping(Some(f64::INFINITY))
+                .init(),
+            "OutOfRange",
+            "final_logit_softcapping",
+        ),
+        case("DPO: no loss type", types(&[]).init(), "Empty", "loss_type"),
+        case(
+            "DPO: loss_weights of another length",
+            dpo().with_loss_weights(Some(vec![1.0, 2.0])).init(),
+            "Shape",
+            "loss_weights",
+        ),
+        case(
+            "DPO: a NaN loss weight",
+            dpo().with_loss_weights(Some(vec![f64::NAN])).init(),
+            "OutOfRange",
+            "loss_weights",
+        ),
+        case(
+            "DPO: label_smoothing that sigmoid would ignore",
+            dpo().with_label_smoothing(0.1).init(),
+            "OutOfRange",
+            "label_smoothing",
+        ),
+        case(
+            "DPO: exo_pair with ε = 0",
+            types(&[DpoLossType::ExoPair]).init(),
+            "OutOfRange",
+            "label_smoothing",
+        ),
+        case(
+            "DPO: robust with ε = 0.6",
+            types(&[DpoLossType::Robust])
+                .with_label_smoothing(0.6)
+                .init(),
+            "OutOfRange",
+            "label_smoothing",
+        ),
+        case(
+            "DPO: WPO with aot",
+            types(&[DpoLossType::Aot]).with_use_weighting(true).init(),
+            "InvalidValue",
+            "use_weighting",
+        ),
+        case(
+            "DPO: an f-divergence with nca_pair",
+            types(&[DpoLossType::NcaPair])
+                .with_f_divergence_type(FDivergence::ForwardKl)
+                .init(),
+            "InvalidValue",
+            "f_divergence_type",
+        ),
+        case(
+            "DPO: ld_alpha 1.5",
+            dpo().with_ld_alpha(Some(1.5)).init(),
+            "OutOfRange",
+            "ld_alpha",
+        ),
+        case(
+            "DPO: discopop_tau 0",
+            types(&[DpoLossType::Discopop])
+                .with_discopop_tau(0.0)
+                .init(),
+            "OutOfRange",
+            "discopop_tau",
+        ),
+        case(
+            "DPO: f_alpha_divergence_coef NaN",
+            dpo().with_f_alpha_divergence_coef(f64::NAN).init(),
+            "OutOfRange",
+            "f_alpha_divergence_coef",
+        ),
+        case(
+            "DPO: an unknown loss_type string",
+            DpoLossType::from_str("dpo"),
+            "InvalidValue",
+            "loss_type",
+        ),
+        case(
+            "CPO: beta 0",
+            CpoConfig::new().with_beta(0.0).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "CPO: label_smoothing 0.5",
+            CpoConfig::new().with_label_smoothing(0.5).init(),
+            "OutOfRange",
+            "label_smoothing",
+        ),
+        case(
+            "CPO: cpo_alpha NaN",
+            CpoConfig::new().with_cpo_alpha(f64::NAN).init(),
+            "OutOfRange",
+            "cpo_alpha",
+        ),
+        case(
+            "CPO: simpo_gamma inf",
+            CpoConfig::new().with_simpo_gamma(f64::INFINITY).init(),
+            "OutOfRange",
+            "simpo_gamma",
+        ),
+        case(
+            "CPO: alpha NaN",
+            CpoConfig::new().with_alpha(f64::NAN).init(),
+            "OutOfRange",
+            "alpha",
+        ),
+        case(
+            "CPO: an unknown loss_type string",
+            CpoLossType::from_str("dpo"),
+            "InvalidValue",
+            "loss_type",
+        ),
+        case(
+            "ORPO: beta NaN",
+            OrpoConfig::new().with_beta(f64::NAN).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "KTO: beta 0",
+            KtoConfig::new().with_beta(0.0).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "KTO: desirable_weight < 0",
+            KtoConfig::new().with_desirable_weight(-1.0).init(),
+            "OutOfRange",
+            "desirable_weight",
+        ),
+        case(
+            "KTO: undesirable_weight NaN",
+            KtoConfig::new().with_undesirable_weight(f64::NAN).init(),
+            "OutOfRange",
+            "undesirable_weight",
+        ),
+        case(
+            "KTO: an unknown loss_type string",
+            KtoLossType::from_str("bco"),
+            "InvalidValue",
+            "loss_type",
+        ),
+        case(
+            "BCO: beta 1e39",
+            BcoConfig::new().with_beta(1e39).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "collator: max_prompt_length 0",
+            collator().with_max_prompt_length(Some(0)).init(),
+            "OutOfRange",
+            "max_prompt_length",
+        ),
+        case(
+            "collator: max_completion_length 0",
+            collator().with_max_completion_length(Some(0)).init(),
+            "OutOfRange",
+            "max_completion_length",
+        ),
+        case(
+            "collator: pad_to_multiple_of 0",
+            collator().with_pad_to_multiple_of(Some(0)).init(),
+            "OutOfRange",
+            "pad_to_multiple_of",
+        ),
+        case(
+            "collator: a token id as ignore_index",
+            collator().with_ignore_index(3).init(),
+            "OutOfRange",
+            "ignore_index",
+        ),
+        case(
+            "segments: ids of another length",
+            Segments::from_segment_ids(&[0, 0], 1, 4),
+            "Shape",
+            "segment_ids",
+        ),
+        case(
+            "segments: one segment in two runs",
+            Segments::from_segment_ids(&[0, 1, 0, -1], 1, 4),
+            "InvalidValue",
+            "segment_ids",
+        ),
+        case(
+            "segments: an id missing from 0..S",
+            Segments::from_segment_ids(&[0, 0, 2, 2], 1, 4),
+            "InvalidValue",
+            "segment_ids",
+        ),
+        case(
+            "segments: cu_seqlens without a segment",
+            Segments::from_cu_seqlens(&[0], 1, 4),
+            "Empty",
+            "cu_seqlens",
+        ),
+        case(
+            "segments: cu_seqlens not starting at 0",
+            Segments::from_cu_seqlens(&[1, 3], 1, 4),
+            "InvalidValue",
+            "cu_seqlens",
+        ),
+        case(
+            "segments: an empty segment",
+            Segments::from_cu_seqlens(&[0, 2, 2], 1, 4),
+            "InvalidValue",
+            "cu_seqlens",
+        ),
+        case(
+            "segments: a segment across rows",
+            Segments::from_cu_seqlens(&[0, 3, 6], 2, 4),
+            "InvalidValue",
+            "cu_seqlens",
+        ),
+        case(
+            "segments: past R·T",
+            Segments::from_cu_seqlens(&[0, 5], 1, 4),
+            "InvalidValue",
+            "cu_seqlens",
+        ),
+        case(
+            "segments: position ids not starting at 0",
+            Segments::from_position_ids(&[1, 2, 3], 1, 3),
+            "InvalidValue",
+            "position_ids",
+        ),
+        case(
+            "KL pairs: no examples",
+            kl_pairs(&[], &[]),
+            "Empty",
+            "prompts",
+        ),
+        case(
+            "KL pairs: prompts and completions differ in number",
+            kl_pairs(&[vec![1]], &[]),
+            "BatchMismatch",
+            "completions",
+        ),
+    ]
+}
+
+/// Collator inputs that cannot be scored.
+fn collator_cases() -> Vec<Case> {
+    let collator = PreferenceCollatorConfig::new()
+        .init()
+        .expect("default config");
+    let pair = |prompt: Vec<u32>, chosen: Vec<u32>, rejected: Vec<u32>| PreferenceExample {
+        prompt,
+        chosen,
+        rejected,
+    };
+    let ranked = |k: usize, score: f32| RankedExample {
+        prompt: vec![1],
+        completions: (0..k).map(|i| vec![2 + i as u32]).collect(),
+        scores: (0..k)
+            .map(|i| if i == 0 { score } else { i as f32 })
+            .collect(),
+    };
+    vec![
+        case("pad: no examples", collator.pad(&[]), "Empty", "examples"),
+        case(
+            "pad: an empty chosen completion",
+            collator.pad(&[pair(vec![1], vec![], vec![2])]),
+            "Empty",
+            "chosen",
+        ),
+        case(
+            "pad: an empty rejected completion",
+            collator.pad(&[pair(vec![1], vec![2], vec![])]),
+            "Empty",
+            "rejected",
+        ),
+        case(
+            "pack: a row shorter than a sequence",
+            collator.pack(&[pair(vec![1, 2, 3], vec![4, 5], vec![6])], 4),
+            "OutOfRange",
+            "row_len",
+        ),
+        case(
+            "pack: rows of one token",
+            collator.pack(&[pair(vec![], vec![4], vec![6])], 1),
+            "OutOfRange",
+            "row_len",
+        ),
+        case(
+            "pad_ranked: K differs between examples",
+            collator.pad_ranked(&[ranked(2, 0.0), ranked(3, 0.0)]),
+            "Shape",
+            "examples",
+        ),
+        case(
+            "pad_ranked: K = 1",
+            collator.pad_ranked(&[ranked(1, 0.0)]),
+            "Shape",
+            "examples",
+        ),
+        case(
+            "pad_ranked: a NaN score",
+            collator.pad_ranked(&[ranked(2, f32::NAN)]),
+            "InvalidValue",
+            "scores",
+        ),
+    ]
+}
+
 /// Log-ratios, batches and their builders.
 fn batch_cases(device: &Device) -> Vec<Case> {
     let v = |values: &[f32]| f1(values, device);
@@ -607,6 +954,174 @@ fn batch_cases(device: &Device) -> Vec<Case> {
     ]
 }
 
+/// The fused pass's options, packed rows, and the losses that read per-token inputs.
+fn extended_cases(device: &Device) -> Vec<Case> {
+    let gatherer = SequenceLogpsConfig::new().init().expect("default config");
+    let with_tokens = SequenceLogpsConfig::new()
+        .with_return_token_logps(true)
+        .init()
+        .expect("config");
+    // Two rows (one pair) of uniform logits over V = 5, labels 1..4 after the shift.
+    let logits = || zeros3([2, 4, 5], device);
+    let labels = || ints(vec![-100, 1, 2, 3, -100, 4, 3, 2], [2, 4], device);
+    let sums = gatherer.forward(logits(), labels()).expect("valid input");
+    let tokens = with_tokens
+        .forward(logits(), labels())
+        .expect("valid input");
+    let v = |values: &[f32]| f1(values, device);
+    let mask = |values: Vec<bool>, dims: [usize; 2]| {
+        Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(values, dims), device)
+    };
+    let segments = Segments::from_cu_seqlens(&[0, 3], 1, 4).expect("segments");
+    let unpaired = |desirable: Vec<i64>, reference: &[f32]| {
+        UnpairedBatch::new(tokens.clone(), v(reference), ints(desirable, [2], device))
+    };
+    vec![
+        case(
+            "strict labels: a label outside [0, V)",
+            gatherer.forward(
+                logits(),
+                ints(vec![-100, 1, 2, 99, -100, 4, 3, 2], [2, 4], device),
+            ),
+            "InvalidValue",
+            "labels",
+        ),
+        case(
+            "strict labels: a negative label other than ignore_index",
+            gatherer.forward(
+                logits(),
+                ints(vec![-100, 1, -3, 2, -100, 4, 3, 2], [2, 4], device),
+            ),
+            "InvalidValue",
+            "labels",
+        ),
+        case(
+            "LM head: a bias of the wrong length",
+            gatherer.forward_linear(
+                zeros3([2, 4, 3], device),
+                LmHead::new(Tensor::<2>::zeros([5, 3], device), HeadLayout::VocabHidden)
+                    .with_bias(Tensor::<1>::zeros([4], device)),
+                labels(),
+            ),
+            "Shape",
+            "bias",
+        ),
+        case(
+            "LM head: [H, V] of the wrong H",
+            gatherer.forward_linear(
+                zeros3([2, 4, 3], device),
+                LmHead::new(Tensor::<2>::zeros([4, 5], device), HeadLayout::HiddenVocab),
+                labels(),
+            ),
+            "Shape",
+            "weight",
+        ),
+        case(
+            "forward_packed: logits of another [R, T]",
+            gatherer.forward_packed(logits(), labels(), &segments),
+            "Shape",
+            "logits",
+        ),
+        case(
+            "forward_linear_packed: hidden states of another [R, T]",
+            gatherer.forward_linear_packed(
+                zeros3([2, 4, 3], device),
+                Tensor::<2>::zeros([5, 3], device),
+                labels(),
+                &segments,
+            ),
+            "Shape",
+            "hidden",
+        ),
+        case(
+            "DPO sft without per-token log-probs",
+            PreferenceBatch::from_concatenated(sums.clone()).and_then(|b| {
+                DpoConfig::new()
+                    .with_loss_types(vec![DpoLossType::Sft])
+                    .with_reference_free(true)
+                    .init()?
+                    .forward(b)
+            }),
+            "MissingInput",
+            "token_logps",
+        ),
+        case(
+            "DPO WPO without log Σ p²",
+            PreferenceBatch::from_concatenated(tokens.clone()).and_then(|b| {
+                DpoConfig::new()
+                    .with_use_weighting(true)
+                    .with_reference_free(true)
+                    .init()?
+                    .forward(b)
+            }),
+            "MissingInput",
+            "log_sum_sq_probs",
+        ),
+        case(
+            "DPO ipo without lengths",
+            PreferenceBatch::pairwise(v(&[-1.0]), v(&[-2.0])).and_then(|b| {
+                DpoConfig::new()
+                    .with_loss_types(vec![DpoLossType::Ipo])
+                    .with_reference_free(true)
+                    .init()?
+                    .forward(b)
+            }),
+            "MissingInput",
+            "lengths",
+        ),
+        case(
+            "CPO without per-token log-probs",
+            CpoConfig::new()
+                .init()
+                .and_then(|l| l.forward(sums.clone())),
+            "MissingInput",
+            "token_logps",
+        ),
+        case(
+            "token_mean_nll: a mask of another shape",
+            token_mean_nll(f2(&[-1.0, -2.0], [1, 2], device), mask(vec![true], [1, 1])),
+            "Shape",
+            "mask",
+        ),
+        case(
+            "token_mean_nll: no rows",
+            token_mean_nll(f2(&[], [0, 2], device), mask(vec![], [0, 2])),
+            "Empty",
+            "token_logps",
+        ),
+        case(
+            "KTO batch: a label of 2",
+            unpaired(vec![1, 2], &[0.0, 0.0]),
+            "InvalidValue",
+            "desirable",
+        ),
+        case(
+            "KTO batch: a reference of another size",
+            unpaired(vec![1, 0], &[0.0]),
+            "BatchMismatch",
+            "reference",
+        ),
+        case(
+            "KTO batch: a -inf reference",
+            unpaired(vec![1, 0], &[0.0, f32::NEG_INFINITY]),
+            "NonFinite",
+            "reference",
+        ),
+        case(
+            "KTO batch: KL log-probs of another size",
+            unpaired(vec![1, 0], &[0.0, 0.0]).and_then(|b| b.with_kl(v(&[0.0, 0.0]), v(&[0.0]))),
+            "BatchMismatch",
+            "reference_kl",
+        ),
+        case(
+            "BCO: a state update from no rewards",
+            BcoState::new().update(v(&[])),
+            "Empty",
+            "rewards",
+        ),
+    ]
+}
+
 /// Losses missing an input, and the metrics.
 fn loss_and_metric_cases(device: &Device) -> Vec<Case> {
     let v = |values: &[f32]| f1(values, device);
@@ -742,14 +1257,20 @@ fn loss_and_metric_cases(device: &Device) -> Vec<Case> {
 
 #[test]
 fn bad_inputs_get_the_typed_error_naming_the_argument() {
-    let mut total = check_cases("config", config_cases());
+    let mut total = check_cases("config", config_cases())
+        + check_cases("options", option_cases())
+        + check_cases("collator", collator_cases());
     for (name, device) in devices() {
+        total += check_cases(name, extended_cases(&device));
         total += check_cases(name, logps_cases(&device));
         total += check_cases(name, batch_cases(&device));
         total += check_cases(name, loss_and_metric_cases(&device));
     }
     let here = Device::default();
     let distinct = config_cases().len()
+        + option_cases().len()
+        + collator_cases().len()
+        + extended_cases(&here).len()
         + logps_cases(&here).len()
         + batch_cases(&here).len()
         + loss_and_metric_cases(&here).len()
@@ -888,6 +1409,51 @@ fn device_cases(a: &Device, b: &Device) -> Vec<Case> {
             categorical_kl(va(&[0.5, 0.5]), vb(&[0.5, 0.5])),
             "DeviceMismatch",
             "q",
+        ),
+        case(
+            "forward_linear: bias elsewhere",
+            gatherer.forward_linear(
+                zeros3([2, 4, 3], a),
+                LmHead::new(Tensor::<2>::zeros([5, 3], a), HeadLayout::VocabHidden)
+                    .with_bias(Tensor::<1>::zeros([5], b)),
+                izeros([2, 4], a),
+            ),
+            "DeviceMismatch",
+            "bias",
+        ),
+        case(
+            "forward_packed: labels elsewhere",
+            gatherer.forward_packed(
+                zeros3([1, 4, 5], a),
+                izeros([1, 4], b),
+                &Segments::from_cu_seqlens(&[0, 4], 1, 4).expect("segments"),
+            ),
+            "DeviceMismatch",
+            "labels",
+        ),
+        case(
+            "token_mean_nll: mask elsewhere",
+            token_mean_nll(
+                ma(&[-1.0, -2.0], [1, 2]),
+                Tensor::<2, Bool>::from_data(
+                    burn::tensor::TensorData::new(vec![true, true], [1, 2]),
+                    b,
+                ),
+            ),
+            "DeviceMismatch",
+            "mask",
+        ),
+        case(
+            "KTO batch: reference elsewhere",
+            SequenceLogpsConfig::new()
+                .with_return_token_logps(true)
+                .init()
+                .and_then(|g| g.forward(zeros3([2, 3, 4], a), izeros([2, 3], a)))
+                .and_then(|out| {
+                    UnpairedBatch::new(out, vb(&[0.0, 0.0]), Tensor::<1, Int>::zeros([2], a))
+                }),
+            "DeviceMismatch",
+            "reference",
         ),
     ]
 }

@@ -262,16 +262,17 @@ fn init_refuses_what_trl_refuses_and_unread_smoothing() {
         "{err}"
     );
 
-    // β: finite, > 0, representable in f32 (β·margin and 1/(2β) stay finite).
-    for beta in [0.0, -0.1, f64::NAN, f64::INFINITY, 1e39, 1e-40] {
+    // β: the crate's one KL-coefficient range [1e-8, 1e8] (β·margin and 1/(2β)² stay
+    // finite in f32).
+    for beta in [0.0, -0.1, f64::NAN, f64::INFINITY, 1e39, 1e-40, 1.01e8, 0.99e-8] {
         assert_eq!(
             out_of_range_name(DpoConfig::new().with_beta(beta)),
             "beta",
             "β = {beta}"
         );
     }
-    DpoConfig::new().with_beta(3.0e38).init().unwrap();
-    DpoConfig::new().with_beta(1.2e-38).init().unwrap();
+    DpoConfig::new().with_beta(1e8).init().unwrap();
+    DpoConfig::new().with_beta(1e-8).init().unwrap();
 
     // ld_alpha ∈ [0, 1], discopop_tau > 0, f_alpha_divergence_coef finite.
     for alpha in [-0.1, 1.1, f64::NAN] {

@@ -209,7 +209,10 @@ impl DpoLoss {
         Ok(match loss_type {
             DpoLossType::Sigmoid => match &inputs.labels {
                 Some(q) => {
-                    let z = inputs.ranking.margins(inputs.scores.clone()).mul_scalar(beta);
+                    let z = inputs
+                        .ranking
+                        .margins(inputs.scores.clone())
+                        .mul_scalar(beta);
                     inputs
                         .ranking
                         .mean_over_pairs(margin::sigmoid_soft(z, q.clone()))
