@@ -1035,156 +1035,115 @@ fn bad_inputs_get_typed_errors() {
         );
     }
 
-    for (name, device) in devices() {
+    for (_, device) in devices() {
         let pair = |n: usize| floats(vec![-1.0; n], [n], &device);
         let two = |b: usize, k: usize| floats(vec![-1.0; b * k], [b, k], &device);
-        let fails = |result: burn_preference::Result<PreferenceBatch>| {
-            result.map(|_| ()).expect_err("expected an error")
-        };
-        let is = |err: PreferenceError, ok: bool| assert!(ok, "[{name}] wrong variant: {err}");
 
-        let err = fails(PreferenceBatch::pairwise(pair(3), pair(2)));
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::BatchMismatch { .. }),
+        assert_error!(
+            PreferenceBatch::pairwise(pair(3), pair(2)),
+            PreferenceError::BatchMismatch { .. }
         );
-        let err = fails(PreferenceBatch::pairwise(pair(0), pair(0)));
-        is(err.clone(), matches!(err, PreferenceError::Empty { .. }));
-        let err = fails(PreferenceBatch::concatenated(pair(3)));
-        is(err.clone(), matches!(err, PreferenceError::Shape { .. }));
-        let err = fails(PreferenceBatch::ranked_by_position(two(2, 1)));
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::Shape { arg: "policy", .. }),
+        assert_error!(
+            PreferenceBatch::pairwise(pair(0), pair(0)),
+            PreferenceError::Empty { .. }
         );
-        let err = fails(PreferenceBatch::ranked(two(2, 3), two(2, 2)));
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::Shape { arg: "scores", .. }),
+        assert_error!(
+            PreferenceBatch::concatenated(pair(3)),
+            PreferenceError::Shape { .. }
         );
-        let err = fails(PreferenceBatch::ranked(
-            two(1, 3),
-            floats(vec![1.0, f32::NAN, 0.0], [1, 3], &device),
-        ));
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::InvalidValue { arg: "scores", .. }),
+        assert_error!(
+            PreferenceBatch::ranked_by_position(two(2, 1)),
+            PreferenceError::Shape { arg: "policy", .. }
+        );
+        assert_error!(
+            PreferenceBatch::ranked(two(2, 3), two(2, 2)),
+            PreferenceError::Shape { arg: "scores", .. }
+        );
+        assert_error!(
+            PreferenceBatch::ranked(two(1, 3), floats(vec![1.0, f32::NAN, 0.0], [1, 3], &device),),
+            PreferenceError::InvalidValue { arg: "scores", .. }
         );
         let base = PreferenceBatch::pairwise(pair(2), pair(2)).unwrap();
-        let err = fails(base.clone().with_reference(two(3, 2)));
-        is(
-            err.clone(),
-            matches!(
-                err,
-                PreferenceError::BatchMismatch {
-                    arg: "reference",
-                    ..
-                }
-            ),
+        assert_error!(
+            base.clone().with_reference(two(3, 2)),
+            PreferenceError::BatchMismatch {
+                arg: "reference",
+                ..
+            }
         );
-        let err = fails(base.clone().with_pairwise_reference(pair(2), pair(1)));
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::BatchMismatch { .. }),
+        assert_error!(
+            base.clone().with_pairwise_reference(pair(2), pair(1)),
+            PreferenceError::BatchMismatch { .. }
         );
-        let err = fails(base.clone().with_lengths(two(2, 3)));
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::Shape { arg: "lengths", .. }),
+        assert_error!(
+            base.clone().with_lengths(two(2, 3)),
+            PreferenceError::Shape { arg: "lengths", .. }
         );
         for q in [1.5, -0.25, f32::NAN] {
-            let err = fails(
+            assert_error!(
                 base.clone()
                     .with_soft_labels(floats(vec![0.5, q], [2], &device)),
-            );
-            is(
-                err.clone(),
-                matches!(
-                    err,
-                    PreferenceError::InvalidValue {
-                        arg: "soft_labels",
-                        ..
-                    }
-                ),
-            );
-        }
-        let err = fails(base.clone().with_soft_labels(pair(3)));
-        is(
-            err.clone(),
-            matches!(
-                err,
-                PreferenceError::BatchMismatch {
+                PreferenceError::InvalidValue {
                     arg: "soft_labels",
                     ..
                 }
-            ),
+            );
+        }
+        assert_error!(
+            base.clone().with_soft_labels(pair(3)),
+            PreferenceError::BatchMismatch {
+                arg: "soft_labels",
+                ..
+            }
         );
-        let err = fails(
+        assert_error!(
             PreferenceBatch::ranked_by_position(two(2, 3))
                 .unwrap()
                 .with_soft_labels(pair(2)),
-        );
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::Shape { arg: "policy", .. }),
+            PreferenceError::Shape { arg: "policy", .. }
         );
 
         // A loss that needs a reference says so, unless told to train reference-free.
-        let err = DpoConfig::new()
-            .init()
-            .unwrap()
-            .forward(base.clone())
-            .unwrap_err();
-        is(
-            err.clone(),
-            matches!(
-                err,
-                PreferenceError::MissingInput {
-                    loss: "DPO",
-                    arg: "reference",
-                    ..
-                }
-            ),
+        assert_error!(
+            DpoConfig::new().init().unwrap().forward(base.clone()),
+            PreferenceError::MissingInput {
+                loss: "DPO",
+                arg: "reference",
+                ..
+            }
         );
-        let err = IpoConfig::new().init().unwrap().forward(base).unwrap_err();
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::MissingInput { loss: "IPO", .. }),
+        assert_error!(
+            IpoConfig::new().init().unwrap().forward(base),
+            PreferenceError::MissingInput { loss: "IPO", .. }
         );
 
-        let err = ranking_accuracy(two(1, 3), floats(vec![0.0, f32::NAN, 1.0], [1, 3], &device))
-            .unwrap_err();
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::InvalidValue { .. }),
+        assert_error!(
+            ranking_accuracy(two(1, 3), floats(vec![0.0, f32::NAN, 1.0], [1, 3], &device)),
+            PreferenceError::InvalidValue { .. }
         );
-        let err = categorical_kl(pair(3), pair(2)).unwrap_err();
-        is(
-            err.clone(),
-            matches!(err, PreferenceError::Shape { arg: "q", .. }),
+        assert_error!(
+            categorical_kl(pair(3), pair(2)),
+            PreferenceError::Shape { arg: "q", .. }
         );
-        let err = categorical_kl(pair(0), pair(0)).unwrap_err();
-        is(err.clone(), matches!(err, PreferenceError::Empty { .. }));
+        assert_error!(
+            categorical_kl(pair(0), pair(0)),
+            PreferenceError::Empty { .. }
+        );
 
         let gatherer = SequenceLogpsConfig::new().init().unwrap();
         let logits = floats(vec![0.0; 2 * 3 * 4], [2, 3, 4], &device);
-        let err = token_kl(
-            &gatherer,
-            logits.clone(),
-            floats(vec![0.0; 2 * 3 * 5], [2, 3, 5], &device),
-            ints(vec![0; 6], [2, 3], &device),
-            None,
-        )
-        .unwrap_err();
-        is(
-            err.clone(),
-            matches!(
-                err,
-                PreferenceError::Shape {
-                    arg: "reference_logits",
-                    ..
-                }
+        assert_error!(
+            token_kl(
+                &gatherer,
+                logits.clone(),
+                floats(vec![0.0; 2 * 3 * 5], [2, 3, 5], &device),
+                ints(vec![0; 6], [2, 3], &device),
+                None,
             ),
+            PreferenceError::Shape {
+                arg: "reference_logits",
+                ..
+            }
         );
     }
 }

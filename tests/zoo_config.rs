@@ -264,7 +264,16 @@ fn init_refuses_what_trl_refuses_and_unread_smoothing() {
 
     // β: the crate's one KL-coefficient range [1e-8, 1e8] (β·margin and 1/(2β)² stay
     // finite in f32).
-    for beta in [0.0, -0.1, f64::NAN, f64::INFINITY, 1e39, 1e-40, 1.01e8, 0.99e-8] {
+    for beta in [
+        0.0,
+        -0.1,
+        f64::NAN,
+        f64::INFINITY,
+        1e39,
+        1e-40,
+        1.01e8,
+        0.99e-8,
+    ] {
         assert_eq!(
             out_of_range_name(DpoConfig::new().with_beta(beta)),
             "beta",
