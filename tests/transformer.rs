@@ -27,7 +27,12 @@ fn span(batch: &Collated, s: usize) -> (usize, usize) {
 
 /// The logits `[L·V]` and summed completion log-prob of `prompt ++ completion` run alone: one
 /// row, no padding, burn's own lower-triangular mask.
-fn alone(model: &Transformer, prompt: &[u32], completion: &[u32], device: &Device) -> (Vec<f32>, f32) {
+fn alone(
+    model: &Transformer,
+    prompt: &[u32],
+    completion: &[u32],
+    device: &Device,
+) -> (Vec<f32>, f32) {
     let example = PreferenceExample {
         prompt: prompt.to_vec(),
         chosen: completion.to_vec(),
@@ -113,7 +118,11 @@ fn a_sequence_has_the_same_logits_and_logps_padded_packed_and_alone() {
                 ("packed", &packed, &packed_logits),
             ] {
                 let (first, len) = span(batch, s);
-                assert_eq!(len * vocab, expected.len(), "[{name}] {layout} length of {s}");
+                assert_eq!(
+                    len * vocab,
+                    expected.len(),
+                    "[{name}] {layout} length of {s}"
+                );
                 common::assert_close(
                     name,
                     &format!("{layout} logits of sequence {s}"),
@@ -153,7 +162,10 @@ fn a_few_steps_of_every_loss_lower_the_loss_in_both_layouts() {
     };
     for (name, device) in common::autodiff_devices() {
         let (reference, sft_losses) = sft(&data, &setup, 32, &device, || {}).unwrap();
-        assert!(sft_losses.iter().all(|l| l.is_finite()), "[{name}] SFT {sft_losses:?}");
+        assert!(
+            sft_losses.iter().all(|l| l.is_finite()),
+            "[{name}] SFT {sft_losses:?}"
+        );
         assert!(
             sft_losses[3] < sft_losses[0],
             "[{name}] SFT NLL does not decrease: {sft_losses:?}"
@@ -165,13 +177,18 @@ fn a_few_steps_of_every_loss_lower_the_loss_in_both_layouts() {
                 let what = format!("[{name}] {} {}", method.name(), layout.name());
                 let train_losses = &run.train_losses;
                 assert_eq!(train_losses.len(), 4, "{what}");
-                assert!(train_losses.iter().all(|l| l.is_finite()), "{what}: {train_losses:?}");
+                assert!(
+                    train_losses.iter().all(|l| l.is_finite()),
+                    "{what}: {train_losses:?}"
+                );
                 assert!(
                     train_losses[3] < train_losses[0],
                     "{what}: the loss does not decrease: {train_losses:?}"
                 );
                 assert!(
-                    run.held_out.iter().all(|p| p.loss.is_finite() && p.margin.is_finite()),
+                    run.held_out
+                        .iter()
+                        .all(|p| p.loss.is_finite() && p.margin.is_finite()),
                     "{what}: held-out metrics not finite"
                 );
                 losses.push(run.train_losses);
