@@ -223,7 +223,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 title: "held-out policy accuracy".into(),
                 x_label: "step".into(),
                 y_label: "log π(chosen) > log π(rejected)".into(),
-                y_range: (0.0, 1.0),
+                y_range: (0.5, 1.0),
                 lines: lines(|p| f64::from(p.policy_accuracy)),
             },
             Panel {
