@@ -134,7 +134,7 @@ impl PreferenceMetrics {
     /// `logps/chosen`, `logps/rejected` (batch means). Reads the values back to the host.
     ///
     /// # Errors
-    /// [`PreferenceError::Read`](crate::PreferenceError::Read) when reading a tensor back from
+    /// [`PreferenceError::Read`] when reading a tensor back from
     /// the device fails.
     pub fn log(&self) -> Result<Vec<(&'static str, f64)>> {
         let mean = |arg: &'static str, t: &Tensor<1>| -> Result<f64> {
@@ -183,9 +183,9 @@ pub fn preference_accuracy(rewards_chosen: Tensor<1>, rewards_rejected: Tensor<1
 /// (0 when every score ties).
 ///
 /// # Errors
-/// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the shapes differ or
-/// `K < 2`, [`PreferenceError::Empty`](crate::PreferenceError::Empty) for `B = 0`,
-/// [`PreferenceError::InvalidValue`](crate::PreferenceError::InvalidValue) for NaN scores.
+/// [`PreferenceError::Shape`] when the shapes differ or
+/// `K < 2`, [`PreferenceError::Empty`] for `B = 0`,
+/// [`PreferenceError::InvalidValue`] for NaN scores.
 ///
 /// # Shapes
 /// - values, scores: `[B, K]`
@@ -215,7 +215,7 @@ pub struct TokenKl {
 ///
 /// # Errors
 /// As [`SequenceLogps::forward_masked`], and
-/// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the two logits
+/// [`PreferenceError::Shape`] when the two logits
 /// tensors differ in shape.
 ///
 /// # Shapes
@@ -270,11 +270,11 @@ pub fn token_kl(
 /// summing to 1 within `1e-4`): a KL of anything else can be negative or NaN.
 ///
 /// # Errors
-/// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the lengths differ,
-/// [`PreferenceError::Empty`](crate::PreferenceError::Empty) when 0,
-/// [`PreferenceError::DeviceMismatch`](crate::PreferenceError::DeviceMismatch) when `p` and `q`
+/// [`PreferenceError::Shape`] when the lengths differ,
+/// [`PreferenceError::Empty`] when 0,
+/// [`PreferenceError::DeviceMismatch`] when `p` and `q`
 /// live on different devices, and
-/// [`PreferenceError::InvalidValue`](crate::PreferenceError::InvalidValue) when either is not a
+/// [`PreferenceError::InvalidValue`] when either is not a
 /// probability vector (NaN, outside `[0, 1]`, or not summing to 1).
 ///
 /// # Shapes
