@@ -224,6 +224,9 @@ pub struct SequenceLogpsOutput {
     /// Per-token "the label is the argmax" `[B, T']` (a tie with an earlier token does not
     /// count), false at invalid positions; only when requested.
     pub is_top1: Option<Tensor<2, Bool>>,
+    /// The reduction `logps` were computed with (a batch built from this output knows whether
+    /// its log-probs are sums, e.g. for RRHF, which applies its own length penalty).
+    pub reduction: LogpReduction,
 }
 
 /// A linear LM head for [`SequenceLogps::forward_linear`]: the weight in either layout and an
@@ -583,6 +586,7 @@ impl SequenceLogps {
             log_sum_sq_probs: None,
             mean_logits: None,
             is_top1: None,
+            reduction: self.reduction,
         }
     }
 

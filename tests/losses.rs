@@ -465,25 +465,19 @@ fn label_identities_hold() {
 
 #[test]
 fn two_ranked_candidates_equal_the_pairwise_form() {
-    let (chosen, rejected) = (vec![-3.0, -7.5, -1.25], vec![-4.0, -2.0, -1.0]);
+    let (chosen, rejected) = (vec![-3.0f32, -7.5, -1.25], vec![-4.0f32, -2.0, -1.0]);
     let interleaved: Vec<f32> = chosen
         .iter()
         .zip(&rejected)
         .flat_map(|(c, r)| [*c, *r])
         .collect();
-    for (_, device) in devices() {
+    for (name, device) in devices() {
         let pairwise = PreferenceBatch::pairwise(
             floats(chosen.clone(), [3], &device),
             floats(rejected.clone(), [3], &device),
         )
         .unwrap();
-        let swapped = PreferenceBatch::pairwise(
-            floats(rejected.clone(), [3], &device),
-            floats(chosen.clone(), [3], &device),
-        )
-        .unwrap();
         let policy = floats(interleaved.clone(), [3, 2], &device);
-        let by_position = PreferenceBatch::ranked_by_position(policy.clone()).unwrap();
         let chosen_first = PreferenceBatch::ranked(
             policy.clone(),
             floats(vec![1.0, 0.0, 5.0, -2.0, 0.5, 0.25], [3, 2], &device),
@@ -499,13 +493,33 @@ fn two_ranked_candidates_equal_the_pairwise_form() {
                 .with_reference_free(true)
                 .init()
                 .unwrap();
-            let expected = losses_of(&loss, pairwise.clone());
-            assert_eq!(losses_of(&loss, by_position.clone()), expected);
-            assert_eq!(losses_of(&loss, chosen_first.clone()), expected);
-            assert_eq!(
-                losses_of(&loss, rejected_first.clone()),
-                losses_of(&loss, swapped.clone())
-            );
+            // Each prompt's one ordered pair, in f64: the winner's log-prob minus the loser's.
+            let reference = |sign: f64| -> Vec<f64> {
+                chosen
+                    .iter()
+                    .zip(&rejected)
+                    .map(|(&c, &r)| {
+                        let h = sign * (f64::from(c) - f64::from(r));
+                        naive_pair(psi, 0.1, 0.0, None, h).0
+                    })
+                    .collect()
+            };
+            let forward = reference(1.0);
+            for (what, batch, expected) in [
+                ("pairwise", pairwise.clone(), &forward),
+                (
+                    "ranked, chosen scored higher",
+                    chosen_first.clone(),
+                    &forward,
+                ),
+                (
+                    "ranked, rejected scored higher",
+                    rejected_first.clone(),
+                    &reference(-1.0),
+                ),
+            ] {
+                assert_close(name, what, &losses_of(&loss, batch), expected, 1e-6, 1e-7);
+            }
         }
     }
 }

@@ -625,3 +625,101 @@ fn ranked_examples_keep_prompt_major_order() {
         );
     }
 }
+
+/// `PreferenceBatch::from_layout` equals the hand-reshaped batch (prompt-major `[B·K]` →
+/// `[B, K]`, counts as lengths), on the padded and the packed layout; RRHF refuses log-probs
+/// that were already length-normalised.
+#[test]
+fn batches_from_the_collated_layout_equal_the_hand_reshaped_ones() {
+    use burn_preference::{RrhfConfig, SequenceLogpsOutput};
+    let collator = PreferenceCollatorConfig::new().init().expect("config");
+    let examples = vec![
+        RankedExample {
+            prompt: vec![1, 2],
+            completions: vec![vec![3, 4], vec![5], vec![6, 7, 8]],
+            scores: vec![0.2, 1.0, 0.5],
+        },
+        RankedExample {
+            prompt: vec![9],
+            completions: vec![vec![10], vec![11, 12], vec![2]],
+            scores: vec![1.0, 1.0, 0.0],
+        },
+    ];
+    let rrhf = RrhfConfig::new().init().expect("config");
+    for (name, device) in devices() {
+        let table = Tensor::<2>::random([13, 13], Distribution::Normal(0.0, 1.0), &device);
+        let logits = |batch: &burn_preference::Collated| {
+            let [r, t] = batch.dims;
+            table
+                .clone()
+                .select(0, batch.input_ids(&device).reshape([r * t]))
+                .reshape([r, t, 13])
+        };
+        let padded = collator.pad_ranked(&examples).expect("padded");
+        let packed = collator.pack_ranked(&examples, 8).expect("packed");
+        let gatherer = SequenceLogpsConfig::new().init().expect("config");
+        let outputs: [SequenceLogpsOutput; 2] = [
+            gatherer
+                .forward(logits(&padded), padded.labels(&device))
+                .expect("padded logps"),
+            gatherer
+                .forward_packed(
+                    logits(&packed),
+                    packed.labels(&device),
+                    packed.segments.as_ref().expect("segments"),
+                )
+                .expect("packed logps"),
+        ];
+        let mut losses = Vec::new();
+        for out in outputs {
+            let by_hand = PreferenceBatch::ranked(
+                out.logps.clone().reshape([2, 3]),
+                padded.scores(&device).expect("scores"),
+            )
+            .and_then(|b| b.with_lengths(out.counts.clone().reshape([2, 3])))
+            .expect("hand-built batch");
+            let from_layout =
+                PreferenceBatch::from_layout(out, padded.layout, padded.scores(&device))
+                    .expect("from layout");
+            let a = to_vec(rrhf.forward(from_layout).expect("rrhf").losses);
+            let b = to_vec(rrhf.forward(by_hand).expect("rrhf").losses);
+            assert_eq!(a, b, "[{name}] from_layout vs by hand");
+            losses.push(a);
+        }
+        assert_eq!(losses[0], losses[1], "[{name}] padded vs packed");
+
+        let means = SequenceLogpsConfig::new()
+            .with_reduction(LogpReduction::Mean)
+            .init()
+            .expect("config")
+            .forward(logits(&padded), padded.labels(&device))
+            .expect("logps");
+        let batch = PreferenceBatch::from_layout(means, padded.layout, padded.scores(&device))
+            .expect("batch");
+        let err = rrhf.forward(batch);
+        assert!(
+            matches!(
+                err,
+                Err(PreferenceError::InvalidValue { arg: "policy", .. })
+            ),
+            "[{name}] {err:?}"
+        );
+        let pairs = PreferenceBatch::from_layout(
+            gatherer
+                .forward(logits(&padded), padded.labels(&device))
+                .expect("logps"),
+            Layout::ChosenFirst { pairs: 2 },
+            None,
+        );
+        assert!(
+            matches!(
+                pairs,
+                Err(PreferenceError::Shape {
+                    arg: "policy.logps",
+                    ..
+                })
+            ),
+            "[{name}] {pairs:?}"
+        );
+    }
+}

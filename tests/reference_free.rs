@@ -287,6 +287,7 @@ fn one_token_rows(logps: &[f32], device: &Device) -> (SequenceLogpsOutput, Tenso
         log_sum_sq_probs: None,
         mean_logits: None,
         is_top1: None,
+        reduction: burn_preference::LogpReduction::Sum,
     };
     (out, token)
 }

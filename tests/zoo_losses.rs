@@ -665,6 +665,7 @@ fn output(tokens: Tensor<2>, lssp: bool, device: &Device) -> SequenceLogpsOutput
         log_sum_sq_probs: lssp.then(|| floats(flat(&LSSP), [4, 5], device)),
         mean_logits: None,
         is_top1: None,
+        reduction: burn_preference::LogpReduction::Sum,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Fused LM head + token log-probs: `ℓ_n` of the logits `z = h Wᵀ` without ever storing the
 //! `[N, V]` logits, chunk by chunk of rows, with the backward recomputing each chunk (the
-//! approach of Liger-Kernel's fused linear losses).
+//! approach of TRL 1.16's `ChunkedLogProbFunction`; Liger-Kernel's fused linear losses chunk
+//! the same way but compute the gradients during the forward and keep them).
 //!
 //! ```text
 //! forward, per chunk c:   z_c = h_c Wᵀ + b  [C, V]  →  ℓ_c, extras, row stats

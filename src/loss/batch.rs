@@ -29,6 +29,8 @@ pub struct PreferenceBatch {
     pub(crate) soft_labels: Option<Tensor<1>>,
     /// Per-token tensors from [`from_concatenated`](Self::from_concatenated).
     pub(crate) tokens: super::concatenated::TokenInputs,
+    /// How the policy log-probs were reduced, when the batch was built from a gatherer's output.
+    pub(crate) reduction: Option<crate::LogpReduction>,
 }
 
 impl PreferenceBatch {
@@ -76,6 +78,7 @@ impl PreferenceBatch {
             lengths: None,
             soft_labels: None,
             tokens: Default::default(),
+            reduction: None,
         })
     }
 

@@ -98,6 +98,7 @@ impl PreferenceBatch {
     pub fn from_concatenated(policy: SequenceLogpsOutput) -> Result<Self> {
         let counts = policy.counts.clone();
         let logps = policy.logps.clone();
+        let reduction = policy.reduction;
         let side = TokenSide::from_output("policy", policy)?;
         let (chosen, rejected) = split_concatenated("policy.counts", counts)?;
         check::batch(
@@ -109,6 +110,7 @@ impl PreferenceBatch {
         let lengths = Tensor::stack(vec![chosen, rejected], 1);
         let mut batch = Self::concatenated(logps)?.with_lengths(lengths)?;
         batch.tokens.policy = Some(Box::new(side));
+        batch.reduction = Some(reduction);
         Ok(batch)
     }
 

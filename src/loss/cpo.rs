@@ -9,10 +9,11 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::nll::{pair_count, token_logps_of, token_mean_nll};
+use super::{margin, squared};
 use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::logps::SequenceLogpsOutput;
-use crate::numerics::{expm1, softplus};
+use crate::numerics::expm1;
 
 /// TRL's `CPOConfig.loss_type`; (de)serialises as TRL's strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,23 +280,14 @@ impl CpoLoss {
         let x = chosen.sub(rejected);
         let beta = self.beta;
         let eps = self.label_smoothing;
-        let smoothed = |z: Tensor<1>| {
-            let forward = softplus(z.clone().neg());
-            if eps == 0.0 {
-                forward
-            } else {
-                forward
-                    .mul_scalar(1.0 - eps)
-                    .add(softplus(z).mul_scalar(eps))
-            }
-        };
+        // The same per-pair functions as the DPO family's (one implementation per formula).
         let losses = match self.loss_type {
-            CpoLossType::Sigmoid => smoothed(x.mul_scalar(beta)),
+            CpoLossType::Sigmoid => margin::sigmoid(x.mul_scalar(beta), eps),
             CpoLossType::Simpo | CpoLossType::Alphapo => {
-                smoothed(x.mul_scalar(beta).sub_scalar(self.simpo_gamma))
+                margin::sigmoid(x.mul_scalar(beta).sub_scalar(self.simpo_gamma), eps)
             }
-            CpoLossType::Hinge => x.mul_scalar(-beta).add_scalar(1.0).clamp_min(0.0),
-            CpoLossType::Ipo => x.sub_scalar(1.0 / (2.0 * beta)).square(),
+            CpoLossType::Hinge => margin::hinge(x.mul_scalar(beta)),
+            CpoLossType::Ipo => squared::ipo(x, 1.0 / (2.0 * beta)),
         };
         let device = losses.device();
         let nll = if self.cpo_alpha == 0.0 {

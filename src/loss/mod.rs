@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | [DPO family](DpoConfig) | any [`DpoLossType`], weighted, with [`FDivergence`], WPO, LD-DPO | yes or free | TRL's `DPOConfig`, key for key |
 //! | [cDPO](PsiPoConfig) | `(1 − ε)·softplus(−βh) + ε·softplus(βh)` | yes or free | labels flipped at a rate ε |
-//! | [IPO](IpoConfig) | `(h − 1/(2τ))²` | yes or free | deterministic or small data: it cannot overfit |
+//! | [IPO](IpoConfig) | `(h − 1/(2τ))²` | yes or free | deterministic or near-deterministic preferences: the margin has a finite target, so it does not drift without limit as DPO does (it can still fit noise in small data) |
 //! | [ΨPO](PsiPoConfig) | DPO's or IPO's, by [`Psi`] | yes or free | choosing Ψ at run time |
 //! | [RRHF](RrhfConfig) | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
 //!
@@ -29,6 +29,7 @@ mod divergence;
 mod dpo;
 mod ipo;
 mod kto;
+mod layout;
 mod loss_type;
 mod margin;
 mod nll;

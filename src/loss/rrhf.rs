@@ -3,6 +3,7 @@
 use burn::config::Config;
 
 use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction};
+use crate::LogpReduction;
 use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::metrics::PreferenceMetrics;
@@ -97,6 +98,14 @@ impl PreferenceLoss for RrhfLoss {
             arg: "lengths",
             why: "the length penalty and fine-tune term need each candidate's token count",
         })?;
+        if let Some(reduction) = batch.reduction.filter(|r| *r != LogpReduction::Sum) {
+            return Err(PreferenceError::InvalidValue {
+                arg: "policy",
+                expected: "summed log-probs (LogpReduction::Sum): RRHF applies its own length \
+                           penalty to the sums",
+                found: format!("log-probs gathered with {reduction:?}"),
+            });
+        }
         let ranking = batch.ranking();
         let tokens = super::token_metrics(&batch);
         let sums = batch.policy;
