@@ -1075,7 +1075,7 @@ fn extended_cases(device: &Device) -> Vec<Case> {
                 .init()
                 .and_then(|l| l.forward(sums.clone())),
             "MissingInput",
-            "token_logps",
+            "policy.token_logps",
         ),
         case(
             "token_mean_nll: a mask of another shape",
@@ -1276,7 +1276,8 @@ fn bad_inputs_get_the_typed_error_naming_the_argument() {
         + loss_and_metric_cases(&here).len()
         + device_cases(&here, &here).len();
     assert!(distinct >= 100, "the matrix has {distinct} distinct cases");
-    assert!(total >= distinct);
+    // Every case but the device pairs (run by the next test) ran at least once.
+    assert!(total >= distinct - device_cases(&here, &here).len());
 }
 
 /// Finding 1: tensors on two backends in one call. Every pair of the compiled-in backends, both
