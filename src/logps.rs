@@ -180,10 +180,10 @@ impl SequenceLogpsConfig {
 /// // Shifted: labels [3, 7, -100] → two valid tokens, each −ln 10, each of entropy ln 10.
 /// let logp: f32 = out.logps.into_scalar();
 /// assert!((logp + 2.0 * 10f32.ln()).abs() < 1e-5);
-/// let entropy = out.entropy.expect("requested").into_data();
+/// let entropy = out.entropy.ok_or("entropy was requested")?.into_data();
 /// let expected = [10f32.ln(), 10f32.ln(), 0.0];
 /// assert!(entropy.iter::<f32>().zip(expected).all(|(h, e)| (h - e).abs() < 1e-5));
-/// # Ok::<(), burn_preference::PreferenceError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Shapes

@@ -20,10 +20,10 @@ use crate::error::{self, PreferenceError};
 ///
 /// let config: DpoConfig = serde_json::from_str(
 ///     r#"{"beta": 0.1, "loss_type": ["sigmoid", "sft"], "loss_weights": [0.8, 0.2]}"#,
-/// ).unwrap();
+/// )?;
 /// assert_eq!(config.loss_type, vec![DpoLossType::Sigmoid, DpoLossType::Sft]);
 /// let loss = config.init()?;
-/// # Ok::<(), burn_preference::PreferenceError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// **Label smoothing.** As in TRL 1.16, `label_smoothing` is read only by `robust`,

@@ -121,17 +121,8 @@ impl DpoLossType {
     /// other than `reverse_kl` (TRL's list: the losses built on the chosen−rejected score
     /// difference, and `sft`, which reads none).
     pub fn supports_f_divergence(self) -> bool {
-        matches!(
-            self,
-            DpoLossType::Sigmoid
-                | DpoLossType::SigmoidNorm
-                | DpoLossType::Hinge
-                | DpoLossType::Ipo
-                | DpoLossType::ExoPair
-                | DpoLossType::Robust
-                | DpoLossType::Discopop
-                | DpoLossType::Sft
-        )
+        // TRL's list is exactly the margin losses plus `sft`.
+        self.is_margin_loss() || self == DpoLossType::Sft
     }
 
     /// Whether the per-pair loss is a function of the pair's margin alone, so that it extends
