@@ -33,14 +33,20 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
         in_place_backward: after.in_place_backward - before.in_place_backward,
         copying_backward: after.copying_backward - before.copying_backward,
         composed_backward: after.composed_backward - before.composed_backward,
+        cube_forward: after.cube_forward - before.cube_forward,
     };
     (out, delta)
 }
 
-/// Whether the device runs the CPU slice kernels (flex, ndarray) rather than the composed
-/// tensor-op fallback (wgpu).
-fn has_cpu_kernels(name: &str) -> bool {
-    matches!(name, "flex" | "ndarray")
+/// `(forward passes by the device's own kernels, by the composed fallback)`: the CPU slice
+/// kernels on flex and ndarray, the CubeCL kernels on wgpu; each device must take its own.
+fn forwards(name: &str, paths: &FusedPathCounters) -> (u64, u64) {
+    let own = match name {
+        "wgpu" => (paths.cube_forward, paths.kernel_forward),
+        _ => (paths.kernel_forward, paths.cube_forward),
+    };
+    assert_eq!(own.1, 0, "[{name}] another device's kernels ran: {paths:?}");
+    (own.0, paths.composed_forward)
 }
 
 /// Deterministic inputs: normal-ish logits times `scale`, labels in `[0, V)` with every fifth
@@ -517,31 +523,29 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
             1e-12,
         );
         let (_, kept) = counted(|| grad_of(true, true));
-        if has_cpu_kernels(name) {
-            assert_eq!(
-                paths.kernel_forward, 1,
-                "[{name}] the kernel ran: {paths:?}"
-            );
-            assert_eq!(paths.composed_forward, 0, "[{name}] no fallback: {paths:?}");
-            // NdArray cannot lend its buffer for writing: it always copies.
-            let in_place = u64::from(name == "flex");
-            assert_eq!(paths.in_place_backward, in_place, "[{name}] {paths:?}");
-            assert_eq!(paths.copying_backward, 1 - in_place, "[{name}] {paths:?}");
-            // A leaf the caller still holds must not be overwritten.
-            assert_eq!(kept.in_place_backward, 0, "[{name}] {kept:?}");
-            assert_eq!(kept.copying_backward, 1, "[{name}] {kept:?}");
-        } else {
-            assert_eq!(paths.composed_forward, 1, "[{name}] {paths:?}");
-            assert_eq!(paths.composed_backward, 1, "[{name}] {paths:?}");
-            assert_eq!(paths.kernel_forward, 0, "[{name}] {paths:?}");
-        }
+        assert_eq!(
+            forwards(name, &paths),
+            (1, 0),
+            "[{name}] the kernel ran: {paths:?}"
+        );
+        assert_eq!(
+            paths.composed_backward, 0,
+            "[{name}] no fallback: {paths:?}"
+        );
+        // NdArray cannot lend its buffer for writing: it always copies.
+        let in_place = u64::from(name != "ndarray");
+        assert_eq!(paths.in_place_backward, in_place, "[{name}] {paths:?}");
+        assert_eq!(paths.copying_backward, 1 - in_place, "[{name}] {paths:?}");
+        // A leaf the caller still holds must not be overwritten.
+        assert_eq!(kept.in_place_backward, 0, "[{name}] {kept:?}");
+        assert_eq!(kept.copying_backward, 1, "[{name}] {kept:?}");
     }
 }
 
 #[test]
-fn the_cpu_kernels_run_on_the_logits_and_lm_head_paths() {
+fn each_device_runs_its_kernels_on_the_logits_and_lm_head_paths() {
     let _serial = serial();
-    // What `compare` checks against the oracle is the kernel, not the composed fallback (which
+    // What `compare` checks against the oracle is the device's kernel, not the composed fallback (which
     // the oracle's own tensor ops resemble); the LM head runs the kernel once per chunk.
     for (name, device) in devices() {
         let inputs = Inputs::new([2, 4, 50], 1.0, 5);
@@ -562,29 +566,8 @@ fn the_cpu_kernels_run_on_the_logits_and_lm_head_paths() {
             .init()
             .expect("valid");
         let (_, linear) = counted(|| chunked.forward_linear(hidden, weight, labels));
-        if has_cpu_kernels(name) {
-            assert_eq!(
-                (fused.kernel_forward, fused.composed_forward),
-                (1, 0),
-                "[{name}]"
-            );
-            // 8 rows in chunks of 3.
-            assert_eq!(
-                (linear.kernel_forward, linear.composed_forward),
-                (3, 0),
-                "[{name}]"
-            );
-        } else {
-            assert_eq!(
-                (fused.kernel_forward, fused.composed_forward),
-                (0, 1),
-                "[{name}]"
-            );
-            assert_eq!(
-                (linear.kernel_forward, linear.composed_forward),
-                (0, 3),
-                "[{name}]"
-            );
-        }
+        assert_eq!(forwards(name, &fused), (1, 0), "[{name}] {fused:?}");
+        // 8 rows in chunks of 3.
+        assert_eq!(forwards(name, &linear), (3, 0), "[{name}] {linear:?}");
     }
 }

@@ -31,14 +31,19 @@
 // always take the tensor-op path.
 #![cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 #![cfg_attr(
-    not(any(feature = "flex", feature = "ndarray", feature = "wgpu")),
+    not(any(
+        feature = "flex",
+        feature = "ndarray",
+        feature = "wgpu",
+        feature = "cuda"
+    )),
     allow(unused)
 )]
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
 mod composed;
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
@@ -146,7 +151,7 @@ pub(crate) struct Spec {
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
-    Cube: cfg(feature = "wgpu"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
     Autodiff: cfg(feature = "autodiff"),
 )]
 pub(crate) trait TokenLogpOps: Backend {
@@ -270,7 +275,7 @@ pub(crate) fn supported(device: &Device) -> bool {
         DispatchDevice::Flex(_) => true,
         #[cfg(feature = "ndarray")]
         DispatchDevice::NdArray(_) => true,
-        #[cfg(feature = "wgpu")]
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
         DispatchDevice::Cube(_) => true,
         _ => false,
     }
@@ -289,7 +294,7 @@ pub(crate) fn token_logps(logits: Tensor<2>, targets: Tensor<1, Int>, spec: Spec
 }
 
 /// How often each implementation ran, for tests that must observe the path they claim.
-static COUNTERS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static COUNTERS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 /// Which implementation of the fused op ran.
 #[derive(Debug, Clone, Copy)]
@@ -299,6 +304,7 @@ pub(crate) enum Path {
     InPlaceBackward = 2,
     CopyingBackward = 3,
     ComposedBackward = 4,
+    CubeForward = 5,
 }
 
 pub(crate) fn count(path: Path) {
@@ -321,6 +327,9 @@ pub struct FusedPathCounters {
     pub copying_backward: u64,
     /// Backward passes by the composed tensor-op fallback.
     pub composed_backward: u64,
+    /// Forward passes by the CubeCL kernels (wgpu, CUDA). Their backward passes count as
+    /// `in_place_backward` or `copying_backward`, as the CPU kernels'.
+    pub cube_forward: u64,
 }
 
 /// The current [`FusedPathCounters`].
@@ -333,5 +342,6 @@ pub fn fused_path_counters() -> FusedPathCounters {
         in_place_backward: read(Path::InPlaceBackward),
         copying_backward: read(Path::CopyingBackward),
         composed_backward: read(Path::ComposedBackward),
+        cube_forward: read(Path::CubeForward),
     }
 }
