@@ -39,10 +39,11 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
 }
 
 /// `(forward passes by the device's own kernels, by the composed fallback)`: the CPU slice
-/// kernels on flex and ndarray, the CubeCL kernels on wgpu; each device must take its own.
+/// kernels on flex and ndarray, the CubeCL kernels on wgpu and CUDA; each device must take its
+/// own.
 fn forwards(name: &str, paths: &FusedPathCounters) -> (u64, u64) {
     let own = match name {
-        "wgpu" => (paths.cube_forward, paths.kernel_forward),
+        "wgpu" | "cuda" => (paths.cube_forward, paths.kernel_forward),
         _ => (paths.kernel_forward, paths.cube_forward),
     };
     assert_eq!(own.1, 0, "[{name}] another device's kernels ran: {paths:?}");

@@ -12,13 +12,13 @@ mod kernels;
 use burn::backend::{
     Backend, Cube, DType, TensorMetadata, backend_extension,
     cubecl::dtype_to_storage_type,
-    ops::FloatTensorOps,
+    ops::{FloatTensorOps, IntTensorOps},
     tensor::{FloatTensor, IntTensor},
 };
-use burn::tensor::{FloatDType, Shape};
+use burn::tensor::{FloatDType, Shape, Slice};
 use burn_cubecl::{
     CubeBackend,
-    cubecl::{self, prelude::*, server::CubeCountSelection},
+    cubecl::{self, ir::AddressType, prelude::*, server::CubeCountSelection},
     kernel::into_contiguous,
     ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
@@ -276,6 +276,89 @@ fn backward(
     dz
 }
 
+/// Rows per launch: all `n`, unless `[N, V]` needs 64-bit addresses that the adapter lacks
+/// (WGSL without `SHADER_INT64`); then blocks of rows that 32-bit addresses reach.
+fn rows_per_launch(logits: &CubeTensor, n: usize, v: usize) -> usize {
+    let wide = logits.required_address_type() == AddressType::U64;
+    if !wide
+        || logits
+            .client
+            .properties()
+            .supports_address(AddressType::U64)
+    {
+        n
+    } else {
+        (u32::MAX as usize / v).max(1)
+    }
+}
+
+fn row_blocks(n: usize, rows: usize) -> impl Iterator<Item = [Slice; 1]> {
+    (0..n)
+        .step_by(rows.max(1))
+        .map(move |start| [Slice::from(start..(start + rows).min(n))])
+}
+
+fn slice_rows(tensor: &CubeTensor, rows: &[Slice; 1]) -> CubeTensor {
+    let mut slices = vec![rows[0].clone()];
+    slices.extend((1..tensor.shape().num_dims()).map(|_| Slice::full()));
+    CubeBackend::float_slice(tensor.clone(), &slices)
+}
+
+/// [`forward`] over blocks of `rows` rows, concatenated.
+fn forward_in_blocks(
+    logits: CubeTensor,
+    targets: CubeTensor,
+    spec: Spec,
+    rows: usize,
+) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+    let [n, _] = dims2(&logits.shape());
+    if rows >= n {
+        return forward(logits, targets, spec);
+    }
+    let mut parts: [Vec<CubeTensor>; 4] = Default::default();
+    for block in row_blocks(n, rows) {
+        let ids = CubeBackend::int_slice(targets.clone(), &block);
+        let (a, b, c, d) = forward(slice_rows(&logits, &block), ids, spec);
+        for (part, t) in parts.iter_mut().zip([a, b, c, d]) {
+            part.push(t);
+        }
+    }
+    let [a, b, c, d] = parts.map(|part| CubeBackend::float_cat(part, 0));
+    (a, b, c, d)
+}
+
+/// [`backward`] over blocks of `rows` rows, concatenated (a copy, not in place).
+#[allow(clippy::too_many_arguments)]
+fn backward_in_blocks(
+    logits: CubeTensor,
+    targets: CubeTensor,
+    max: CubeTensor,
+    log_sum: CubeTensor,
+    entropy: CubeTensor,
+    grad: CubeTensor,
+    spec: Spec,
+    rows: usize,
+) -> CubeTensor {
+    let [n, _] = dims2(&logits.shape());
+    if rows >= n {
+        return backward(logits, targets, max, log_sum, entropy, grad, spec);
+    }
+    let parts = row_blocks(n, rows)
+        .map(|block| {
+            backward(
+                slice_rows(&logits, &block),
+                CubeBackend::int_slice(targets.clone(), &block),
+                slice_rows(&max, &block),
+                slice_rows(&log_sum, &block),
+                slice_rows(&entropy, &block),
+                slice_rows(&grad, &block),
+                spec,
+            )
+        })
+        .collect();
+    CubeBackend::float_cat(parts, 0)
+}
+
 impl CubeTokenLogpOps for CubeBackend {
     fn cube_token_logps_forward(
         logits: CubeTensor,
@@ -296,7 +379,8 @@ impl CubeTokenLogpOps for CubeBackend {
             );
         }
         count(Path::CubeForward);
-        forward(logits, targets, spec)
+        let rows = rows_per_launch(&logits, n, v);
+        forward_in_blocks(logits, targets, spec, rows)
     }
 
     fn cube_token_logps_backward(
@@ -317,7 +401,8 @@ impl CubeTokenLogpOps for CubeBackend {
             };
             return composed::backward::<Self>(logits, targets, stats, grad, spec);
         }
-        backward(logits, targets, max, log_sum, entropy, grad, spec)
+        let rows = rows_per_launch(&logits, n, v);
+        backward_in_blocks(logits, targets, max, log_sum, entropy, grad, spec, rows)
     }
 }
 
@@ -530,6 +615,25 @@ mod tests {
         );
     }
 
+    /// Rows in blocks (what an adapter without 64-bit addresses gets past 2^32 elements),
+    /// forced here with blocks of 2 rows.
+    fn check_blocks(spec: Spec) {
+        let (n, v) = (5, 301);
+        let logits = noise(n * v, 3.0, 8);
+        let targets = [3, -1, 300, 0, 150];
+        let k = spec.extras.columns();
+        let grad = noise(n * k, 1.0, 9);
+        let grad64: Vec<f64> = grad.iter().map(|&g| f64::from(g)).collect();
+        let want = reference(&held(&logits, DType::F32), v, &targets, &spec, &grad64);
+        let ids = CubeBackend::int_from_data(TensorData::new(targets.to_vec(), [n]), &device());
+        let x = floats(&logits, [n, v], DType::F32);
+        let (out, max, log_sum, entropy) = forward_in_blocks(x.clone(), ids.clone(), spec, 2);
+        close("blocks: out", &read(out), &want.out, 1e-5, 1e-7);
+        let g = floats(&grad, [n, k], DType::F32);
+        let dz = backward_in_blocks(x, ids, max, log_sum, entropy, g, spec, 2);
+        close("blocks: dz", &read(dz), &want.dz, 1e-5, 1e-7);
+    }
+
     const ALL: Extras = Extras {
         entropy: true,
         log_sum_sq: true,
@@ -618,6 +722,7 @@ mod tests {
             false,
             (1e-5, 1e-7),
         );
+        check_blocks(full);
         // Every row ignored: zeros everywhere, even over NaN logits.
         let logits = vec![f32::NAN; 3 * 50];
         check(

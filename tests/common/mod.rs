@@ -18,6 +18,14 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     devices.push(("ndarray", Device::ndarray()));
     #[cfg(feature = "wgpu")]
     devices.push(("wgpu", Device::wgpu(Default::default())));
+    // The same CubeCL kernels on CUDA, wherever this machine has a CUDA device.
+    #[cfg(feature = "cuda")]
+    devices.extend(
+        Device::enumerate(burn::tensor::DeviceType::Cuda)
+            .into_iter()
+            .take(1)
+            .map(|device| ("cuda", device)),
+    );
     assert!(!devices.is_empty(), "enable at least one backend feature");
     devices
 }
