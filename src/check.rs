@@ -1,8 +1,32 @@
 //! Input validation shared by every public function.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::error::{PreferenceError, Result};
+
+static VALUE_CHECKS: AtomicBool = AtomicBool::new(true);
+
+/// Turns on or off, process wide, the input checks that read tensor *values* back to the
+/// host: labels outside the vocabulary ([`strict_labels`](crate::SequenceLogpsConfig::strict_labels)),
+/// masks that are not 0/1, soft labels outside `[0, 1]`, negative or non-finite lengths.
+/// Each costs a device-to-host read, which on a GPU waits for the queued work; a training loop
+/// whose data pipeline is already validated can turn them off so that a step never waits on
+/// the host. Shapes, devices, dtypes and hyper-parameters are checked either way (from
+/// metadata only). On by default.
+///
+/// With the checks off, bad values are not reported: out-of-vocabulary labels count as
+/// ignored, a mask value other than 1 as masked out, and out-of-range soft labels or lengths
+/// go into the loss as they are.
+pub fn set_value_checks(enabled: bool) {
+    VALUE_CHECKS.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the checks of [`set_value_checks`] run (the default) or not.
+pub fn value_checks() -> bool {
+    VALUE_CHECKS.load(Ordering::Relaxed)
+}
 
 /// Checks that `tensor` has the `expected` size in every dimension given as `Some`.
 pub(crate) fn shape<const D: usize>(

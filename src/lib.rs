@@ -69,6 +69,7 @@ pub mod packing;
 mod ranking;
 pub mod ratios;
 
+pub use check::{set_value_checks, value_checks};
 pub use collate::{
     Collated, Layout, PreferenceCollator, PreferenceCollatorConfig, PreferenceExample,
     RankedExample,

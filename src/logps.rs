@@ -87,6 +87,13 @@ pub struct SequenceLogpsConfig {
     /// Default: `256`.
     #[config(default = 256)]
     pub chunk_rows: usize,
+    /// In [`SequenceLogps::forward_linear`], leave the rows without a counted label (prompt,
+    /// padding; often most of a preference batch) out of the head's matrix products. Choosing
+    /// them reads the `[B, T]` row-targets back to the host once per call, which on a GPU waits
+    /// for the queued work; `false` computes every row (their outputs are 0 either way) and
+    /// never reads back. Default: `true`.
+    #[config(default = true)]
+    pub select_labelled_rows: bool,
 }
 
 impl SequenceLogpsConfig {
@@ -138,6 +145,7 @@ impl SequenceLogpsConfig {
             return_token_logps: self.return_token_logps,
             strict_labels: self.strict_labels,
             chunk_rows: self.chunk_rows,
+            select_labelled_rows: self.select_labelled_rows,
             spec: Spec { transform, extras },
         })
     }
@@ -199,6 +207,7 @@ pub struct SequenceLogps {
     return_token_logps: bool,
     strict_labels: bool,
     chunk_rows: usize,
+    select_labelled_rows: bool,
     spec: Spec,
 }
 
@@ -528,6 +537,7 @@ impl SequenceLogps {
             head.bias.map(widen),
             targets.targets.clone(),
             spec,
+            self.select_labelled_rows,
         )?;
         Ok(self.finish(out, targets))
     }
@@ -655,7 +665,9 @@ impl SequenceLogps {
         if let Some(mask) = &mask {
             check::batch("mask", mask.dims()[0], arg, batch)?;
             check::shape("mask", mask.dims(), [Some(batch), Some(time)], "[B, T]")?;
-            check_binary_mask(mask.clone())?;
+            if check::value_checks() {
+                check_binary_mask(mask.clone())?;
+            }
         }
         let offset = usize::from(self.shift);
         let (labels, mask) = if self.shift {
@@ -674,7 +686,7 @@ impl SequenceLogps {
             .clone()
             .greater_equal_elem(0)
             .bool_and(labels.clone().lower_elem(vocab as i64));
-        if self.strict_labels {
+        if self.strict_labels && check::value_checks() {
             let bad = counted.clone().bool_and(in_vocab.clone().bool_not());
             if check::read_flag("labels", bad.clone().any())? {
                 return Err(self.bad_label(labels, bad, vocab, offset));

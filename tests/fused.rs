@@ -572,3 +572,40 @@ fn each_device_runs_its_kernels_on_the_logits_and_lm_head_paths() {
         assert_eq!(forwards(name, &linear), (3, 0), "[{name}] {linear:?}");
     }
 }
+
+#[test]
+fn lm_head_rows_without_a_label_are_skipped_only_when_asked() {
+    let _serial = serial();
+    // 2 × 4 positions, 3 labelled (no shift): with the selection the products cover the 3
+    // labelled rows (2 chunks of 2), without it all 8 rows (4 chunks) and nothing is read
+    // back; the values are the same.
+    for (name, device) in devices() {
+        let hidden = floats(Inputs::new([2, 4, 3], 1.0, 11).logits, [2, 4, 3], &device);
+        let weight = floats(Inputs::new([1, 50, 3], 1.0, 12).logits, [50, 3], &device);
+        let labels = ints(
+            vec![-100, 7, -100, -100, 3, -100, -100, 49],
+            [2, 4],
+            &device,
+        );
+        let run = |select: bool| {
+            let g = SequenceLogpsConfig::new()
+                .with_shift(false)
+                .with_chunk_rows(2)
+                .with_return_token_logps(true)
+                .with_select_labelled_rows(select)
+                .init()
+                .expect("valid");
+            counted(|| {
+                g.forward_linear(hidden.clone(), weight.clone(), labels.clone())
+                    .expect("valid inputs")
+            })
+        };
+        let (selected, few) = run(true);
+        let (all, every) = run(false);
+        assert_eq!(forwards(name, &few), (2, 0), "[{name}] {few:?}");
+        assert_eq!(forwards(name, &every), (4, 0), "[{name}] {every:?}");
+        let tokens = |out: SequenceLogpsOutput| to_vec(out.token_logps.expect("requested"));
+        let want: Vec<f64> = tokens(selected).iter().map(|&x| f64::from(x)).collect();
+        assert_close(name, "token log-probs", &tokens(all), &want, 1e-6, 1e-7);
+    }
+}

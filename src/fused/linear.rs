@@ -231,9 +231,10 @@ pub(crate) fn backward<B: TokenLogpKernels>(
 /// differentiable in `hidden`, `weight` and `bias` on autodiff devices. Only for
 /// [`supported`](super::supported) devices.
 ///
-/// Only rows with a valid target need their logits: prompt and padding rows, often most of a
-/// preference batch, are left out of the products (their outputs are 0 either way). Choosing
-/// them reads the `[N]` targets to the host.
+/// Only rows with a valid target need their logits: with `select_rows`, prompt and padding
+/// rows, often most of a preference batch, are left out of the products (their outputs are 0
+/// either way). Choosing them reads the `[N]` targets to the host; without `select_rows`
+/// nothing is read back.
 ///
 /// # Errors
 /// [`PreferenceError::Read`](crate::PreferenceError::Read) when the targets cannot be read.
@@ -243,14 +244,19 @@ pub(crate) fn token_logps(
     bias: Option<Tensor<1>>,
     targets: Tensor<1, Int>,
     head: LinearSpec,
+    select_rows: bool,
 ) -> error::Result<Tensor<2>> {
     let [rows, _] = hidden.dims();
-    let kept: Vec<i64> = check::read_ints("labels", targets.clone())?
-        .iter()
-        .enumerate()
-        .filter(|(_, target)| **target >= 0)
-        .map(|(row, _)| row as i64)
-        .collect();
+    let kept: Vec<i64> = if select_rows {
+        check::read_ints("labels", targets.clone())?
+            .iter()
+            .enumerate()
+            .filter(|(_, target)| **target >= 0)
+            .map(|(row, _)| row as i64)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let head = LinearSpec {
         has_bias: bias.is_some(),
         ..head
