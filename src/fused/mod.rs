@@ -11,7 +11,11 @@
 //! - Flex and NdArray run the fused slice kernels of [`kernel`]: one read pass per row forward,
 //!   one read + one write pass backward, vectorised `exp`, all cores. On flex the backward
 //!   writes over the logits when nothing else holds them.
-//! - CubeCL backends (wgpu) use the composed tensor-op bodies of [`composed`].
+//! - CubeCL backends (wgpu, CUDA) run the kernels of `cube` (one CubeCL source for every
+//!   runtime, also under burn's `Fusion`, as lazy custom operations): one read of each row
+//!   forward, one read and one write backward, in place when the logits are not held.
+//! - [`composed`] writes the op with ordinary tensor ops: the fallback for what a device's
+//!   kernels do not read (e.g. `f64`, or bf16 on an adapter without it).
 //! - [`linear`] runs the same kernels on row chunks of `hidden · weightᵀ`, so an LM head's
 //!   logits are never stored whole.
 //!
