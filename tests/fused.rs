@@ -22,10 +22,13 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Counter increments while `f` runs.
-fn counted<R>(f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
+/// Counter increments while `f` runs. The device is synchronised before and after: under burn's
+/// `fusion` the kernels run (and count) when the stream executes, not when called.
+fn counted<R>(device: &Device, f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
+    device.sync().expect("device sync");
     let before = fused_path_counters();
     let out = f();
+    device.sync().expect("device sync");
     let after = fused_path_counters();
     let delta = FusedPathCounters {
         kernel_forward: after.kernel_forward - before.kernel_forward,
@@ -513,7 +516,7 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
             let grads = out.logps.sum().backward();
             leaf.grad(&grads).map(to_vec).expect("a gradient")
         };
-        let (fused, paths) = counted(|| grad_of(true, false));
+        let (fused, paths) = counted(&device, || grad_of(true, false));
         let oracle = grad_of(false, false);
         assert_close(
             name,
@@ -523,7 +526,7 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
             REL,
             1e-12,
         );
-        let (_, kept) = counted(|| grad_of(true, true));
+        let (_, kept) = counted(&device, || grad_of(true, true));
         assert_eq!(
             forwards(name, &paths),
             (1, 0),
@@ -551,8 +554,8 @@ fn each_device_runs_its_kernels_on_the_logits_and_lm_head_paths() {
     for (name, device) in devices() {
         let inputs = Inputs::new([2, 4, 50], 1.0, 5);
         let g = gatherer(true, LogpReduction::Sum);
-        let (_, fused) = counted(|| run(&inputs, &g, false, true, &device));
-        let (_, oracle) = counted(|| run(&inputs, &g, false, false, &device));
+        let (_, fused) = counted(&device, || run(&inputs, &g, false, true, &device));
+        let (_, oracle) = counted(&device, || run(&inputs, &g, false, false, &device));
         assert_eq!(
             oracle,
             FusedPathCounters::default(),
@@ -566,7 +569,7 @@ fn each_device_runs_its_kernels_on_the_logits_and_lm_head_paths() {
             .with_chunk_rows(3)
             .init()
             .expect("valid");
-        let (_, linear) = counted(|| chunked.forward_linear(hidden, weight, labels));
+        let (_, linear) = counted(&device, || chunked.forward_linear(hidden, weight, labels));
         assert_eq!(forwards(name, &fused), (1, 0), "[{name}] {fused:?}");
         // 8 rows in chunks of 3.
         assert_eq!(forwards(name, &linear), (3, 0), "[{name}] {linear:?}");
@@ -595,7 +598,7 @@ fn lm_head_rows_without_a_label_are_skipped_only_when_asked() {
                 .with_select_labelled_rows(select)
                 .init()
                 .expect("valid");
-            counted(|| {
+            counted(&device, || {
                 g.forward_linear(hidden.clone(), weight.clone(), labels.clone())
                     .expect("valid inputs")
             })
