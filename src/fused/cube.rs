@@ -299,7 +299,7 @@ fn row_blocks(n: usize, rows: usize) -> impl Iterator<Item = [Slice; 1]> {
 }
 
 fn slice_rows(tensor: &CubeTensor, rows: &[Slice; 1]) -> CubeTensor {
-    let mut slices = vec![rows[0].clone()];
+    let mut slices = vec![rows[0]];
     slices.extend((1..tensor.shape().num_dims()).map(|_| Slice::full()));
     CubeBackend::float_slice(tensor.clone(), &slices)
 }

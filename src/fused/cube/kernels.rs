@@ -37,11 +37,11 @@ fn transformed(
 ) -> f32 {
     let mut x = z;
     if comptime!(transform) {
-        x = x * scale;
+        x *= scale;
         if comptime!(softcap) {
             x = cap * (x / cap).tanh();
         }
-        x = x * inv_t;
+        x *= inv_t;
     }
     x
 }
@@ -134,10 +134,11 @@ pub(crate) fn forward_partial<F: Float, I: Int>(
             q += e * e;
         }
         total += x;
-        if comptime!(top1) {
-            if (c < label && x >= z_label) || (c > label && x > z_label) {
-                bad = 1.0;
-            }
+        // The label is the first maximum unless an earlier logit reaches it or a later one
+        // passes it.
+        let beaten = (c < label && x >= z_label) || (c > label && x > z_label);
+        if comptime!(top1) && beaten {
+            bad = 1.0;
         }
         c += CUBE_DIM_X as usize;
     }
@@ -362,7 +363,7 @@ pub(crate) fn backward<F: Float, I: Int>(
             d = d * scale * inv_t;
             if comptime!(softcap) {
                 let th = (scale * z / cap).tanh();
-                d = d * (1.0 - th * th);
+                d *= 1.0 - th * th;
             }
         }
         dz[base + c] = F::cast_from(d);
