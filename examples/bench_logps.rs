@@ -13,6 +13,9 @@
 //! cargo run --release --example bench_logps -- 4 512 128256 --hidden 2048 --head unfused --reps 1
 //! ```
 //!
+//! `--dtype f16|bf16` casts the inputs (logits, or hidden states and head) to half precision
+//! before timing (default `f32`).
+//!
 //! `peak_rss_bytes` is the process's peak resident memory (VmHWM), inputs included; run one
 //! configuration per process to compare it.
 //!
@@ -35,12 +38,12 @@ mod peer;
 
 use std::error::Error;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 use bench::{Workload, median_seconds, peak_rss_bytes};
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu] [--hidden H [--head fused|unfused]] [--peer PYTHON]";
+    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu] [--hidden H [--head fused|unfused]] [--dtype f32|f16|bf16] [--peer PYTHON]";
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let dims: Vec<usize> = argv
         .iter()
@@ -52,7 +55,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     if n % 2 != 0 {
         return Err("N must be even: chosen rows first, then rejected rows".into());
     }
-    let allowed = ["reps", "device", "hidden", "head", "peer"];
+    let allowed = ["reps", "device", "hidden", "head", "dtype", "peer"];
     let flags = args::Flags::parse_from(usage, &allowed, &argv[3..])?;
     let reps: usize = flags.value("reps")?.unwrap_or(5);
     if reps == 0 {
@@ -65,12 +68,25 @@ fn main() -> Result<(), Box<dyn Error>> {
         "unfused" => false,
         other => return Err(format!("--head must be fused or unfused, got {other}").into()),
     };
-    let workload = |device: &Device| match hidden {
-        Some(width) => Workload::linear([n, t, v], width, fused, device),
-        None => Workload::new([n, t, v], device),
+    let dtype_name = flags.text("dtype").unwrap_or("f32");
+    let dtype = match dtype_name {
+        "f32" => FloatDType::F32,
+        "f16" => FloatDType::F16,
+        "bf16" => FloatDType::BF16,
+        other => return Err(format!("--dtype must be f32, f16 or bf16, got {other}").into()),
+    };
+    let workload = |device: &Device| {
+        let workload = match hidden {
+            Some(width) => Workload::linear([n, t, v], width, fused, device),
+            None => Workload::new([n, t, v], device),
+        };
+        workload.with_dtype(dtype)
     };
     let device = flags.device()?;
     let device_name = flags.text("device").unwrap_or("flex");
+    if !device.supports_dtype(burn::tensor::DType::from(dtype)) {
+        return Err(format!("{device_name} does not store {dtype_name}").into());
+    }
     device.seed(0);
 
     // Each phase generates its own inputs so that only one copy of the logits is ever alive.
@@ -88,7 +104,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         format!(r#""hidden":{h},"head":"{head}","#)
     });
     println!(
-        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}",{head_json}"forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
+        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}","dtype":"{dtype_name}",{head_json}"forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
         peak.map_or("null".to_string(), |b| b.to_string())
     );
 
@@ -101,7 +117,13 @@ fn main() -> Result<(), Box<dyn Error>> {
             peak_rss_bytes: peak,
         };
         let what = hidden.map_or(String::new(), |h| format!(", hidden {h}, head {head}"));
-        let title = format!("\n{n}x{t}x{v}{what}: medians of {reps} runs after a warm-up");
+        let peers_dtype = if dtype_name == "f32" {
+            String::new()
+        } else {
+            format!(" (ours in {dtype_name}, the peers in f32)")
+        };
+        let title =
+            format!("\n{n}x{t}x{v}{what}: medians of {reps} runs after a warm-up{peers_dtype}");
         peer::print_table(&title, &format!("ours ({device_name})"), &ours, &peers, "");
     }
     Ok(())

@@ -4,7 +4,7 @@
 use std::error::Error;
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use burn_preference::{DpoConfig, PreferenceBatch, PreferenceLoss, SequenceLogpsConfig};
 
 /// The median of `reps` timed runs after one warm-up run (allocations, kernel compilation).
@@ -70,6 +70,24 @@ impl Workload {
             fused,
         };
         Self::with_head([n, t, v], head, device)
+    }
+
+    /// The same workload with its logits (or hidden states and weight) cast to `dtype`, e.g.
+    /// `f16` to time the half-precision path.
+    pub fn with_dtype(self, dtype: FloatDType) -> Self {
+        let head = match self.head {
+            Head::Logits(logits) => Head::Logits(logits.cast(dtype)),
+            Head::Linear {
+                hidden,
+                weight,
+                fused,
+            } => Head::Linear {
+                hidden: hidden.cast(dtype),
+                weight: weight.cast(dtype),
+                fused,
+            },
+        };
+        Self { head, ..self }
     }
 
     fn with_head([n, t, v]: [usize; 3], head: Head, device: &Device) -> Self {
