@@ -66,12 +66,7 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
     /// `work` is `dst` itself and `source` is `src` (`None`: `dst` holds the inputs, in place).
     /// Otherwise `work` is `buf`, holding `src` (or `dst`'s own values) widened, `source` is
     /// `None`, and `work` is rounded into `dst` afterwards: one rounding per value.
-    fn update(
-        dst: &mut [Self],
-        src: Option<&[Self]>,
-        buf: &mut [f32],
-        f: impl FnOnce(Option<&[f32]>, &mut [f32]),
-    );
+    fn update(dst: &mut [Self], src: Option<&[Self]>, buf: &mut [f32], f: impl BlockOp);
 
     /// A zeroed buffer of `len` values (see [`zeroed_f32`]).
     fn zeroed(len: usize) -> Vec<Self>;
@@ -92,18 +87,20 @@ impl Elem for f32 {
     }
 
     #[inline(always)]
-    fn update(
-        dst: &mut [f32],
-        src: Option<&[f32]>,
-        _buf: &mut [f32],
-        f: impl FnOnce(Option<&[f32]>, &mut [f32]),
-    ) {
-        f(src, dst)
+    fn update(dst: &mut [f32], src: Option<&[f32]>, _buf: &mut [f32], f: impl BlockOp) {
+        f.run(src, dst)
     }
 
     fn zeroed(len: usize) -> Vec<f32> {
         zeroed_f32(len)
     }
+}
+
+/// `run(source, work)` on one `f32` block, for [`Elem::update`]: `work` is computed from
+/// `source`, or from its own contents without one. A trait with an `#[inline(always)]` method
+/// rather than a closure, so that the body is inlined into the AVX2 copies of the callers.
+pub(crate) trait BlockOp {
+    fn run(self, source: Option<&[f32]>, work: &mut [f32]);
 }
 
 /// `f16` and `bf16`: `half`'s slice conversions (F16C on x86-64 where the CPU has it).
@@ -126,15 +123,10 @@ macro_rules! half_elem {
             }
 
             #[inline(always)]
-            fn update(
-                dst: &mut [Self],
-                src: Option<&[Self]>,
-                buf: &mut [f32],
-                f: impl FnOnce(Option<&[f32]>, &mut [f32]),
-            ) {
+            fn update(dst: &mut [Self], src: Option<&[Self]>, buf: &mut [f32], f: impl BlockOp) {
                 let work = &mut buf[..dst.len()];
                 src.unwrap_or(&*dst).convert_to_f32_slice(work);
-                f(None, work);
+                f.run(None, work);
                 dst.convert_from_f32_slice(work);
             }
 
@@ -518,13 +510,34 @@ fn row_backward<E: Elem, const FMA: bool, const TR: bool, const ENT: bool>(
     for (i, o) in out.chunks_mut(BLOCK).enumerate() {
         let len = o.len();
         let src = source.map(|row| row.get(i * BLOCK..i * BLOCK + len).unwrap_or(&[]));
-        let label = y.checked_sub(i * BLOCK).filter(|&local| local < len);
-        E::update(o, src, wide, |z, w| {
-            grad_block::<FMA, TR, ENT>(z, w, r, (affine, &mut *buf));
-            if let Some(x) = label.and_then(|local| w.get_mut(local)) {
-                *x = mul_add::<FMA>(r.g, chain_y, *x);
-            }
-        });
+        let step = GradStep::<FMA, TR, ENT> {
+            r,
+            affine,
+            buf: &mut *buf,
+            label: y.checked_sub(i * BLOCK).filter(|&local| local < len),
+            chain_y,
+        };
+        E::update(o, src, wide, step);
+    }
+}
+
+/// One block of [`row_backward`]: [`grad_block`], then the one-hot term at `label` (the
+/// label's index within the block, if there).
+struct GradStep<'a, const FMA: bool, const TR: bool, const ENT: bool> {
+    r: &'a RowGrad,
+    affine: &'a Affine,
+    buf: &'a mut [f32],
+    label: Option<usize>,
+    chain_y: f32,
+}
+
+impl<const FMA: bool, const TR: bool, const ENT: bool> BlockOp for GradStep<'_, FMA, TR, ENT> {
+    #[inline(always)]
+    fn run(self, source: Option<&[f32]>, w: &mut [f32]) {
+        grad_block::<FMA, TR, ENT>(source, w, self.r, (self.affine, self.buf));
+        if let Some(x) = self.label.and_then(|local| w.get_mut(local)) {
+            *x = mul_add::<FMA>(self.r.g, self.chain_y, *x);
+        }
     }
 }
 
