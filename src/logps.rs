@@ -165,8 +165,8 @@ impl SequenceLogpsConfig {
 ///
 /// `f16` and `bf16` logits (or hidden states and head) are reduced in `f32` and the outputs
 /// are `f32`; their gradient has their own dtype. On flex the fused kernels read half
-/// precision as it is, block by block, with no `f32` copy of the logits; elsewhere (wgpu, and
-/// NdArray, which has no half storage) the fallback first casts them to an `f32` copy. On the
+/// precision as it is, block by block, with no `f32` copy of the logits; on wgpu the fallback
+/// first casts them to an `f32` copy (NdArray cannot hold half tensors at all). On the
 /// LM-head path the chunk products run in the inputs' dtype when hidden states, weight and
 /// bias share one (mixed dtypes are widened to `f32` first).
 ///
