@@ -158,7 +158,7 @@ fn forward<B: HostSlices>(
 ) -> (FloatTensor<B>, RowStats<B>) {
     let [n, v] = dims2(&logits.shape());
     let kind = kind(logits.dtype());
-    let host = kind.and(read_i64::<B>(targets.clone()).filter(|l| l.len() == n));
+    let host = kind.and_then(|_| read_i64::<B>(targets.clone()).filter(|l| l.len() == n));
     let (Some(kind), Some(host_targets)) = (kind, host) else {
         return composed::forward::<B>(logits, targets, spec);
     };
