@@ -5,16 +5,90 @@
 //! states `[N, T, H]` and a weight `[V, H]`) is timed against materialising the logits on a
 //! small shape. The side-by-side comparison with PyTorch is `examples/bench_logps.rs` (see
 //! docs/performance.md).
+//!
+//! With `BURN_PREFERENCE_PEER=/path/to/python` (a Python with torch and trl), after divan's
+//! own report the same shapes are timed once more here (medians of 5 runs after a warm-up,
+//! as the peer times itself) and `benches/peers/torch_peers.py` runs on each of them: a table
+//! of ours against each PyTorch peer, with the ratios peer / ours. Unset, one line says so.
 
 #[allow(dead_code)]
 #[path = "../examples/common/bench.rs"]
 mod bench;
+#[path = "../examples/common/peer.rs"]
+mod peer;
 
-use bench::Workload;
+use bench::{Workload, median_seconds, peak_rss_bytes};
 use burn::tensor::Device;
 
 fn main() {
     divan::main();
+    peer_comparison();
+}
+
+/// Repetitions of our timing and the peer's, as divan's `sample_count`.
+const PEER_REPS: usize = 5;
+
+/// Ours and the PyTorch peers on the same shapes, in this run (see the crate docs above).
+fn peer_comparison() {
+    // `cargo test --benches` runs each bench once with `--test`; `--list` only lists them.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let Ok(python) = std::env::var("BURN_PREFERENCE_PEER") else {
+        println!(
+            "BURN_PREFERENCE_PEER unset: no PyTorch comparison (set it to a Python with torch and trl)"
+        );
+        return;
+    };
+    let note =
+        " (ours: this whole bench process, every case so far; bench_logps --peer has it per shape)";
+    for shape in shapes() {
+        compare(&python, shape, None, |d| Workload::new(shape, d), note);
+    }
+    for case in linear_cases().into_iter().filter(|c| c.fused) {
+        let workload = |d: &Device| Workload::linear(case.shape, case.width, true, d);
+        compare(&python, case.shape, Some(case.width), workload, note);
+    }
+}
+
+/// Our medians on flex: forward on `workload`, forward+backward on the same workload built on
+/// the autodiff device (each phase with its own inputs, as `bench_logps`).
+fn time_ours(
+    workload: &impl Fn(&Device) -> Workload,
+) -> Result<peer::Timing, Box<dyn std::error::Error>> {
+    let device = Device::flex();
+    let forward_s = {
+        let plain = workload(&device);
+        median_seconds(PEER_REPS, || plain.forward().map(|_| ()))?
+    };
+    let forward_backward_s = {
+        let tracked = workload(&device.autodiff());
+        median_seconds(PEER_REPS, || tracked.forward_backward())?
+    };
+    Ok(peer::Timing {
+        forward_s,
+        forward_backward_s,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Times ours, then the peers on the same shape, and prints the table.
+fn compare(
+    python: &str,
+    [n, t, v]: [usize; 3],
+    hidden: Option<usize>,
+    workload: impl Fn(&Device) -> Workload,
+    rss_note: &str,
+) {
+    let what = hidden.map_or(String::new(), |h| format!(", hidden {h}, fused head"));
+    let title = format!("\n{n}x{t}x{v}{what}: medians of {PEER_REPS} runs after a warm-up");
+    match time_ours(&workload) {
+        Ok(ours) => {
+            let peers = peer::run_peers(python, [n, t, v], hidden, PEER_REPS);
+            peer::print_table(&title, "ours (flex)", &ours, &peers, rss_note);
+        }
+        Err(e) => println!("{title}\nours failed: {e}"),
+    }
 }
 
 fn shapes() -> Vec<[usize; 3]> {

@@ -13,46 +13,37 @@
 //! cargo run --release --example bench_logps -- 4 512 128256 --hidden 2048 --head unfused --reps 1
 //! ```
 //!
+//! `--dtype f16|bf16` casts the inputs (logits, or hidden states and head) to half precision
+//! before timing (default `f32`).
+//!
 //! `peak_rss_bytes` is the process's peak resident memory (VmHWM), inputs included; run one
 //! configuration per process to compare it.
+//!
+//! `--peer PYTHON` (off by default) then runs `benches/peers/torch_peers.py` with that
+//! interpreter on the same shape, `--hidden` and `--reps`, one process per PyTorch
+//! implementation, and prints a table after the JSON line: ours and each peer, forward and
+//! forward+backward seconds, the ratio peer / ours and each process's peak memory.
+//!
+//! ```sh
+//! cargo run --release --example bench_logps -- 2 64 1000 --peer /work/venv/bin/python
+//! ```
 
 #[allow(dead_code)] // shared by the examples; this one reads `--device`, `--reps`, …
 #[path = "common/args.rs"]
 mod args;
 #[path = "common/bench.rs"]
 mod bench;
+#[path = "common/peer.rs"]
+mod peer;
 
 use std::error::Error;
-use std::time::Instant;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
-use bench::Workload;
-
-fn median_seconds(
-    reps: usize,
-    mut run: impl FnMut() -> Result<(), Box<dyn Error>>,
-) -> Result<f64, Box<dyn Error>> {
-    run()?; // warm-up: allocations, kernel compilation
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = Instant::now();
-        run()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+use bench::{Workload, median_seconds, peak_rss_bytes};
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu] [--hidden H [--head fused|unfused]]";
+    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu] [--hidden H [--head fused|unfused]] [--dtype f32|f16|bf16] [--peer PYTHON]";
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let dims: Vec<usize> = argv
         .iter()
@@ -64,8 +55,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     if n % 2 != 0 {
         return Err("N must be even: chosen rows first, then rejected rows".into());
     }
-    let flags = args::Flags::parse_from(usage, &["reps", "device", "hidden", "head"], &argv[3..])?;
+    let allowed = ["reps", "device", "hidden", "head", "dtype", "peer"];
+    let flags = args::Flags::parse_from(usage, &allowed, &argv[3..])?;
     let reps: usize = flags.value("reps")?.unwrap_or(5);
+    if reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
     let hidden: Option<usize> = flags.value("hidden")?;
     let head = flags.text("head").unwrap_or("fused");
     let fused = match head {
@@ -73,12 +68,25 @@ fn main() -> Result<(), Box<dyn Error>> {
         "unfused" => false,
         other => return Err(format!("--head must be fused or unfused, got {other}").into()),
     };
-    let workload = |device: &Device| match hidden {
-        Some(width) => Workload::linear([n, t, v], width, fused, device),
-        None => Workload::new([n, t, v], device),
+    let dtype_name = flags.text("dtype").unwrap_or("f32");
+    let dtype = match dtype_name {
+        "f32" => FloatDType::F32,
+        "f16" => FloatDType::F16,
+        "bf16" => FloatDType::BF16,
+        other => return Err(format!("--dtype must be f32, f16 or bf16, got {other}").into()),
+    };
+    let workload = |device: &Device| {
+        let workload = match hidden {
+            Some(width) => Workload::linear([n, t, v], width, fused, device),
+            None => Workload::new([n, t, v], device),
+        };
+        workload.with_dtype(dtype)
     };
     let device = flags.device()?;
     let device_name = flags.text("device").unwrap_or("flex");
+    if !device.supports_dtype(burn::tensor::DType::from(dtype)) {
+        return Err(format!("{device_name} does not store {dtype_name}").into());
+    }
     device.seed(0);
 
     // Each phase generates its own inputs so that only one copy of the logits is ever alive.
@@ -91,12 +99,32 @@ fn main() -> Result<(), Box<dyn Error>> {
         median_seconds(reps, || tracked.forward_backward())?
     };
 
-    let head = hidden.map_or(String::new(), |h| {
+    let peak = peak_rss_bytes();
+    let head_json = hidden.map_or(String::new(), |h| {
         format!(r#""hidden":{h},"head":"{head}","#)
     });
     println!(
-        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}",{head}"forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
-        peak_rss_bytes().map_or("null".to_string(), |b| b.to_string())
+        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}","dtype":"{dtype_name}",{head_json}"forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
+        peak.map_or("null".to_string(), |b| b.to_string())
     );
+
+    if let Some(python) = flags.text("peer") {
+        // After our timing, so that the peers' processes never overlap it.
+        let peers = peer::run_peers(python, [n, t, v], hidden, reps);
+        let ours = peer::Timing {
+            forward_s,
+            forward_backward_s,
+            peak_rss_bytes: peak,
+        };
+        let what = hidden.map_or(String::new(), |h| format!(", hidden {h}, head {head}"));
+        let peers_dtype = if dtype_name == "f32" {
+            String::new()
+        } else {
+            format!(" (ours in {dtype_name}, the peers in f32)")
+        };
+        let title =
+            format!("\n{n}x{t}x{v}{what}: medians of {reps} runs after a warm-up{peers_dtype}");
+        peer::print_table(&title, &format!("ours ({device_name})"), &ours, &peers, "");
+    }
     Ok(())
 }

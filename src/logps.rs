@@ -171,7 +171,12 @@ impl SequenceLogpsConfig {
 /// the mean logit `Σ_v z'_v / V` and whether the label is the first argmax — see
 /// [`SequenceLogpsOutput`].
 ///
-/// Half-precision logits are cast to `f32` before reducing.
+/// `f16` and `bf16` logits (or hidden states and head) are reduced in `f32` and the outputs
+/// are `f32`; their gradient has their own dtype. On flex the fused kernels read half
+/// precision as it is, block by block, with no `f32` copy of the logits; on wgpu the fallback
+/// first casts them to an `f32` copy (NdArray cannot hold half tensors at all). On the
+/// LM-head path the chunk products run in the inputs' dtype when hidden states, weight and
+/// bias share one (mixed dtypes are widened to `f32` first).
 ///
 /// # Example
 /// ```
@@ -491,7 +496,8 @@ impl SequenceLogps {
         self.same_devices("logits", logits.device(), &labels, mask.as_ref(), &[])?;
         let targets = self.row_targets("logits", logits.dims(), labels, mask)?;
         let [batch, time, vocab] = logits.dims();
-        let rows = widen(logits).reshape([batch * time, vocab]);
+        // Not widened: the fused op reads f16/bf16 as they are and returns f32.
+        let rows = logits.reshape([batch * time, vocab]);
         let out = fused::token_logps(rows, targets.targets.clone(), self.spec);
         Ok(self.finish(out, targets))
     }
@@ -518,6 +524,25 @@ impl SequenceLogps {
         }
         let dims = [batch, time, vocab];
         let targets = self.row_targets_of("hidden", dims, hidden.dims().to_vec(), labels, mask)?;
+        // One dtype for the products (half inputs stay half: the head is never copied to
+        // f32); mixed dtypes are all widened to f32 first.
+        let dtype = hidden.dtype();
+        let (hidden, head) = if head.weight.dtype() == dtype
+            && head.bias.as_ref().is_none_or(|b| b.dtype() == dtype)
+        {
+            (hidden, head)
+        } else {
+            let weight = widen(head.weight);
+            let bias = head.bias.map(widen);
+            (
+                widen(hidden),
+                LmHead {
+                    weight,
+                    bias,
+                    ..head
+                },
+            )
+        };
         if !fused::supported(&hidden.device()) {
             let logits = head.logits(hidden);
             let rows = widen(logits).reshape([batch * time, vocab]);
@@ -532,9 +557,9 @@ impl SequenceLogps {
             chunk_rows: self.chunk_rows,
         };
         let out = fused::linear_token_logps(
-            widen(hidden).reshape([batch * time, width]),
-            widen(head.weight),
-            head.bias.map(widen),
+            hidden.reshape([batch * time, width]),
+            head.weight,
+            head.bias,
             targets.targets.clone(),
             spec,
             self.select_labelled_rows,
@@ -810,7 +835,8 @@ fn oracle_rows(logits: Tensor<2>, targets: Tensor<1, Int>, spec: &Spec) -> Tenso
     Tensor::cat(columns, 1).mask_fill(invalid.reshape([n, 1]).expand([n, k]), 0.0)
 }
 
-/// Half-precision logits are reduced in `f32`.
+/// Half-precision logits as `f32`, for the tensor-op paths (the oracle, unsupported devices,
+/// the exact token KL, mixed LM-head dtypes); the fused op reads half precision itself.
 pub(crate) fn widen<const D: usize>(logits: Tensor<D>) -> Tensor<D> {
     match logits.dtype() {
         DType::F16 | DType::BF16 => logits.cast(FloatDType::F32),

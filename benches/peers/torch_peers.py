@@ -112,6 +112,8 @@ else:
             dpo(f(hs, ws)).backward()
         res[name] = (median(fw), median(fb))
 
+if not res:  # e.g. --only compiled without a C++ toolchain, or an unknown name
+    sys.exit(f"no implementation ran (--only {only})")
 best_fw = min(res, key=lambda k: res[k][0])
 best_fb = min(res, key=lambda k: res[k][1])
 print(json.dumps({

@@ -2,9 +2,34 @@
 //! log-probs + DPO on inputs shaped like `benches/peers/torch_peers.py`'s.
 
 use std::error::Error;
+use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use burn_preference::{DpoConfig, PreferenceBatch, PreferenceLoss, SequenceLogpsConfig};
+
+/// The median of `reps` timed runs after one warm-up run (allocations, kernel compilation).
+pub fn median_seconds(
+    reps: usize,
+    mut run: impl FnMut() -> Result<(), Box<dyn Error>>,
+) -> Result<f64, Box<dyn Error>> {
+    run()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The process's peak resident memory so far (Linux `VmHWM`), inputs included.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
 
 /// Where the log-probs come from.
 #[allow(clippy::large_enum_variant)] // one per workload, built once
@@ -45,6 +70,24 @@ impl Workload {
             fused,
         };
         Self::with_head([n, t, v], head, device)
+    }
+
+    /// The same workload with its logits (or hidden states and weight) cast to `dtype`, e.g.
+    /// `f16` to time the half-precision path.
+    pub fn with_dtype(self, dtype: FloatDType) -> Self {
+        let head = match self.head {
+            Head::Logits(logits) => Head::Logits(logits.cast(dtype)),
+            Head::Linear {
+                hidden,
+                weight,
+                fused,
+            } => Head::Linear {
+                hidden: hidden.cast(dtype),
+                weight: weight.cast(dtype),
+                fused,
+            },
+        };
+        Self { head, ..self }
     }
 
     fn with_head([n, t, v]: [usize; 3], head: Head, device: &Device) -> Self {

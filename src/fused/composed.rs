@@ -1,14 +1,17 @@
-//! The fused op written with ordinary backend ops: the fallback for backends without a
-//! hand-written kernel (CubeCL/wgpu) and for non-`f32` logits on the CPU backends.
+//! The fused op written with ordinary backend ops: the fallback for logits a device's kernels do
+//! not read (`f64`; `f16`/`bf16` on a backend without half storage, or bf16 on a GPU adapter
+//! without it).
 //!
 //! Builds `[N, V]` temporaries (the transformed logits, `z' − m`, its `exp`, and more for the
-//! extras), unlike the CPU kernels.
+//! extras), unlike the CPU kernels. Half-precision logits are first cast to an `f32` `[N, V]`
+//! copy; the output and row stats are `f32` and the gradient is cast back to the logits' dtype,
+//! the same contract as the kernels.
 
 use burn::backend::{
-    Backend, TensorMetadata, get_or_init_device_settings,
+    Backend, DType, TensorMetadata, get_or_init_device_settings,
     tensor::{BoolTensor, FloatTensor, IndexingUpdateOp, IntTensor},
 };
-use burn::tensor::{Shape, Slice};
+use burn::tensor::{FloatDType, Shape, Slice};
 
 use super::{Path, RowStats, Spec, Transform, count};
 
@@ -55,6 +58,14 @@ fn transform<B: Backend>(
     (B::float_mul_scalar(capped, t.inv_temperature.into()), tanh)
 }
 
+/// Half-precision logits as `f32` (the reductions run in `f32`); others as they are.
+fn widen<B: Backend>(logits: FloatTensor<B>) -> FloatTensor<B> {
+    match logits.dtype() {
+        DType::F16 | DType::BF16 => B::float_cast(logits, FloatDType::F32),
+        _ => logits,
+    }
+}
+
 /// `[N, 1]` rows of `[N, V]` that are invalid, as an `[N, V]` mask.
 fn rows_mask<B: Backend>(invalid: BoolTensor<B>, dims: [usize; 2]) -> BoolTensor<B> {
     B::bool_expand(invalid, Shape::new(dims))
@@ -75,7 +86,7 @@ pub(crate) fn forward<B: Backend>(
     let [n, v] = dims2(&logits.shape());
     let device = logits.device();
     let settings = get_or_init_device_settings::<B>(&device);
-    let (z, _) = transform::<B>(logits, &spec.transform);
+    let (z, _) = transform::<B>(widen::<B>(logits), &spec.transform);
     let float_dtype = z.dtype().into();
     let max = B::float_max_dim(z.clone(), 1); // [N, 1]
     let shifted = B::float_sub(z.clone(), max.clone());
@@ -161,6 +172,7 @@ pub(crate) fn backward<B: Backend>(
 ) -> FloatTensor<B> {
     count(Path::ComposedBackward);
     let [n, v] = dims2(&logits.shape());
+    let logits_dtype = logits.dtype();
     let k = spec.extras.columns();
     let column = |t| B::float_reshape(t, Shape::new([n, 1]));
     let grad_column =
@@ -173,7 +185,7 @@ pub(crate) fn backward<B: Backend>(
     let (safe, valid) = safe_targets::<B>(targets, v);
     let invalid = B::bool_not(valid);
     let g = B::float_mask_fill(grad_logp, invalid.clone(), 0.0f32.into());
-    let (z, tanh) = transform::<B>(logits, &spec.transform);
+    let (z, tanh) = transform::<B>(widen::<B>(logits), &spec.transform);
     let log_p = B::float_sub(B::float_sub(z, column(stats.max)), column(stats.log_sum));
     let p = B::float_exp(log_p.clone());
     let mut d = B::float_mul(p.clone(), B::float_neg(g.clone()));
@@ -195,5 +207,10 @@ pub(crate) fn backward<B: Backend>(
             d = B::float_mul(d, one_minus);
         }
     }
-    B::float_mask_fill(d, rows_mask::<B>(invalid, [n, v]), 0.0f32.into())
+    let d = B::float_mask_fill(d, rows_mask::<B>(invalid, [n, v]), 0.0f32.into());
+    if d.dtype() == logits_dtype {
+        d
+    } else {
+        B::float_cast(d, logits_dtype.into())
+    }
 }

@@ -1,19 +1,25 @@
 //! Glue between the CPU backends' primitives and the slice kernels of [`super::kernel`].
 //!
-//! Only `f32` logits take the kernels; anything else (e.g. `f64`), a failed read of the small
-//! `[N]` tensors, or a shape that does not match goes to the composed path.
+//! `f32`, `f16` and `bf16` logits take the kernels where the backend lends their storage
+//! ([`HostSlices`]); anything else (e.g. `f64`, or half logits on a backend without half
+//! storage), a failed read of the small `[N]` tensors, or a shape that does not match goes to
+//! the composed path.
+//!
+//! The contract for every logits dtype: the output `[N, K]` and the [`RowStats`] are `f32`,
+//! the backward's `dz [N, V]` has the logits' dtype.
 
 use burn::backend::{
     Backend, DType, TensorData, TensorMetadata, read_sync,
     tensor::{FloatTensor, IntTensor},
 };
-use burn::tensor::Shape;
+use burn::tensor::{Element, Shape, bf16, f16};
 
 use super::composed::{self, dims2};
 use super::{Path, RowStats, Spec, TokenLogpKernels, count, kernel};
 
-/// A CPU backend whose float primitive can lend its storage as an `f32` slice.
-pub(crate) trait HostF32: Backend {
+/// A CPU backend whose float primitive can lend its storage as a slice, per element type.
+/// The half-precision methods default to `None` (no such storage: the composed path).
+pub(crate) trait HostSlices: Backend {
     /// Calls `f` with the row-major `f32` contents of `tensor` (zero-copy when contiguous,
     /// copied once otherwise); `None` when the tensor is not `f32`.
     fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> Option<R>;
@@ -26,10 +32,69 @@ pub(crate) trait HostF32: Backend {
     ) -> Option<R> {
         None
     }
+
+    /// [`with_f32`](Self::with_f32) for `f16` storage.
+    fn with_f16<R>(_tensor: &FloatTensor<Self>, _f: impl FnOnce(&[f16]) -> R) -> Option<R> {
+        None
+    }
+
+    /// [`with_f32_mut`](Self::with_f32_mut) for `f16` storage.
+    fn with_f16_mut<R>(
+        _tensor: &mut FloatTensor<Self>,
+        _f: impl FnOnce(&mut [f16]) -> R,
+    ) -> Option<R> {
+        None
+    }
+
+    /// [`with_f32`](Self::with_f32) for `bf16` storage.
+    fn with_bf16<R>(_tensor: &FloatTensor<Self>, _f: impl FnOnce(&[bf16]) -> R) -> Option<R> {
+        None
+    }
+
+    /// [`with_f32_mut`](Self::with_f32_mut) for `bf16` storage.
+    fn with_bf16_mut<R>(
+        _tensor: &mut FloatTensor<Self>,
+        _f: impl FnOnce(&mut [bf16]) -> R,
+    ) -> Option<R> {
+        None
+    }
 }
 
+/// A logits element type the kernels read, and how to borrow it from a [`HostSlices`] backend:
+/// the one place that maps an element type to the backend's method for it.
+trait HostElem: kernel::Elem + Element {
+    fn lend<B: HostSlices, R>(tensor: &FloatTensor<B>, f: impl FnOnce(&[Self]) -> R) -> Option<R>;
+    fn lend_mut<B: HostSlices, R>(
+        tensor: &mut FloatTensor<B>,
+        f: impl FnOnce(&mut [Self]) -> R,
+    ) -> Option<R>;
+}
+
+macro_rules! host_elem {
+    ($elem:ty, $with:ident, $with_mut:ident) => {
+        impl HostElem for $elem {
+            fn lend<B: HostSlices, R>(
+                tensor: &FloatTensor<B>,
+                f: impl FnOnce(&[Self]) -> R,
+            ) -> Option<R> {
+                B::$with(tensor, f)
+            }
+
+            fn lend_mut<B: HostSlices, R>(
+                tensor: &mut FloatTensor<B>,
+                f: impl FnOnce(&mut [Self]) -> R,
+            ) -> Option<R> {
+                B::$with_mut(tensor, f)
+            }
+        }
+    };
+}
+host_elem!(f32, with_f32, with_f32_mut);
+host_elem!(f16, with_f16, with_f16_mut);
+host_elem!(bf16, with_bf16, with_bf16_mut);
+
 /// Every such backend runs the slice kernels.
-impl<B: HostF32> TokenLogpKernels for B {
+impl<B: HostSlices> TokenLogpKernels for B {
     fn token_logps_forward(
         logits: FloatTensor<B>,
         targets: IntTensor<B>,
@@ -59,25 +124,50 @@ fn read_f32<B: Backend>(tensor: FloatTensor<B>) -> Option<Vec<f32>> {
     Some(data.iter::<f32>().collect())
 }
 
-/// A `Vec` as a backend primitive; Flex and NdArray adopt the buffer without copying.
-fn primitive<B: Backend>(values: Vec<f32>, shape: Shape, device: &B::Device) -> FloatTensor<B> {
+/// A `Vec` as a backend primitive of its element type; Flex and NdArray adopt the buffer
+/// without copying.
+fn primitive<B: Backend, E: Element>(
+    values: Vec<E>,
+    shape: Shape,
+    device: &B::Device,
+) -> FloatTensor<B> {
     B::float_from_data(TensorData::new(values, shape), device)
 }
 
-fn forward<B: HostF32>(
+/// The logits' element type when the kernels read it.
+#[derive(Clone, Copy)]
+enum Kind {
+    F32,
+    F16,
+    BF16,
+}
+
+fn kind(dtype: DType) -> Option<Kind> {
+    match dtype {
+        DType::F32 => Some(Kind::F32),
+        DType::F16 => Some(Kind::F16),
+        DType::BF16 => Some(Kind::BF16),
+        _ => None,
+    }
+}
+
+fn forward<B: HostSlices>(
     logits: FloatTensor<B>,
     targets: IntTensor<B>,
     spec: Spec,
 ) -> (FloatTensor<B>, RowStats<B>) {
     let [n, v] = dims2(&logits.shape());
-    let host = match logits.dtype() {
-        DType::F32 => read_i64::<B>(targets.clone()).filter(|l| l.len() == n),
-        _ => None,
-    };
-    let Some(host_targets) = host else {
+    let kind = kind(logits.dtype());
+    let host = kind.and_then(|_| read_i64::<B>(targets.clone()).filter(|l| l.len() == n));
+    let (Some(kind), Some(host_targets)) = (kind, host) else {
         return composed::forward::<B>(logits, targets, spec);
     };
-    let Some(out) = B::with_f32(&logits, |z| kernel::forward(z, v, &host_targets, &spec)) else {
+    let out = match kind {
+        Kind::F32 => f32::lend::<B, _>(&logits, |z| kernel::forward(z, v, &host_targets, &spec)),
+        Kind::F16 => f16::lend::<B, _>(&logits, |z| kernel::forward(z, v, &host_targets, &spec)),
+        Kind::BF16 => bf16::lend::<B, _>(&logits, |z| kernel::forward(z, v, &host_targets, &spec)),
+    };
+    let Some(out) = out else {
         return composed::forward::<B>(logits, targets, spec);
     };
     count(Path::KernelForward);
@@ -85,13 +175,13 @@ fn forward<B: HostF32>(
     let k = spec.extras.columns();
     let entropy = spec.extras.column_of().entropy.map(|c| {
         let column: Vec<f32> = out.out.iter().skip(c).step_by(k).copied().collect();
-        primitive::<B>(column, Shape::new([n]), &device)
+        primitive::<B, f32>(column, Shape::new([n]), &device)
     });
     (
-        primitive::<B>(out.out, Shape::new([n, k]), &device),
+        primitive::<B, f32>(out.out, Shape::new([n, k]), &device),
         RowStats {
-            max: primitive::<B>(out.max, Shape::new([n]), &device),
-            log_sum: primitive::<B>(out.log_sum, Shape::new([n]), &device),
+            max: primitive::<B, f32>(out.max, Shape::new([n]), &device),
+            log_sum: primitive::<B, f32>(out.log_sum, Shape::new([n]), &device),
             entropy,
         },
     )
@@ -138,7 +228,7 @@ fn host_rows<B: Backend>(
     rows.has_len(n).then_some(rows)
 }
 
-fn backward<B: HostF32>(
+fn backward<B: HostSlices>(
     logits: FloatTensor<B>,
     targets: IntTensor<B>,
     stats: RowStats<B>,
@@ -146,28 +236,43 @@ fn backward<B: HostF32>(
     spec: Spec,
 ) -> FloatTensor<B> {
     let [n, v] = dims2(&logits.shape());
-    let host = match logits.dtype() {
-        DType::F32 => host_rows::<B>(n, &targets, &stats, &grad, &spec),
-        _ => None,
-    };
-    let Some(rows) = host else {
+    let kind = kind(logits.dtype());
+    let host = kind.and_then(|_| host_rows::<B>(n, &targets, &stats, &grad, &spec));
+    let (Some(kind), Some(rows)) = (kind, host) else {
         return composed::backward::<B>(logits, targets, stats, grad, spec);
     };
+    let done = match kind {
+        Kind::F32 => backward_as::<B, f32>(logits, n, v, &rows, &spec),
+        Kind::F16 => backward_as::<B, f16>(logits, n, v, &rows, &spec),
+        Kind::BF16 => backward_as::<B, bf16>(logits, n, v, &rows, &spec),
+    };
+    done.unwrap_or_else(|logits| composed::backward::<B>(logits, targets, stats, grad, spec))
+}
+
+/// The kernels' backward on logits of element type `E`: `dz` of that type, written over the
+/// logits or into a new buffer; `Err(logits)` when the backend lends neither.
+fn backward_as<B: HostSlices, E: HostElem>(
+    logits: FloatTensor<B>,
+    n: usize,
+    v: usize,
+    rows: &kernel::Rows,
+    spec: &Spec,
+) -> Result<FloatTensor<B>, FloatTensor<B>> {
     let transform = spec.transform;
     // The logits are usually held by this operation alone by now (the model's output was
     // moved into it): then the gradient overwrites them, with no `[N, V]` allocation at all.
     let mut logits = logits;
-    if B::with_f32_mut(&mut logits, |z| {
-        kernel::backward_in_place(z, v, &rows, &transform)
+    if E::lend_mut::<B, _>(&mut logits, |z| {
+        kernel::backward_in_place(z, v, rows, &transform)
     })
     .is_some()
     {
         count(Path::InPlaceBackward);
-        return logits;
+        return Ok(logits);
     }
-    let Some(out) = B::with_f32(&logits, |z| kernel::backward(z, v, &rows, &transform)) else {
-        return composed::backward::<B>(logits, targets, stats, grad, spec);
+    let Some(out) = E::lend::<B, _>(&logits, |z| kernel::backward(z, v, rows, &transform)) else {
+        return Err(logits);
     };
     count(Path::CopyingBackward);
-    primitive::<B>(out, Shape::new([n, v]), &logits.device())
+    Ok(primitive::<B, E>(out, Shape::new([n, v]), &logits.device()))
 }

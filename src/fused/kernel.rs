@@ -1,4 +1,4 @@
-//! The fused forward and backward on `f32` slices, shared by the CPU backends.
+//! The fused forward and backward on `f32`, `f16` and `bf16` slices, shared by the CPU backends.
 //!
 //! Row `n` of `logits` (`[N, V]`, row-major) with row-target `y_n`, transformed logits
 //! `z' = T(z)` (the identity unless a temperature, scale or softcap is set), `m_n = max_v z'`,
@@ -26,8 +26,15 @@
 //!   loops vectorise; they are compiled twice, for the baseline target and with `avx2,fma`
 //!   (picked at run time), because x86-64's baseline is SSE2 only.
 //! - Rows are split into one contiguous range per core with `std::thread::scope`.
+//! - The row source is generic ([`Elem`]): `f32` rows are read as they are; `f16`/`bf16` rows
+//!   are converted one block at a time into an L1 scratch buffer and everything is accumulated
+//!   in `f32`. Outputs and row stats are `f32`; the gradient has the logits' element type, each
+//!   block computed in `f32` and rounded once when stored.
 
 use std::sync::OnceLock;
+
+use burn::tensor::{bf16, f16};
+use half::slice::HalfFloatSliceExt;
 
 use super::{Extras, Spec, Transform};
 
@@ -39,6 +46,106 @@ const LANES: usize = 16;
 const PARALLEL_THRESHOLD: usize = 1 << 16;
 /// Below this, `e^x` is 0 in `f32`; clamping `x` there keeps `e^x · x` at 0 where `x = −∞`.
 const LOG_FLOOR: f32 = -200.0;
+
+/// An element type of the logits the kernels read. Every formula is written once, on `f32`
+/// blocks: `f32` rows are those blocks already, half-precision rows are converted one block
+/// (at most [`BLOCK`] values) at a time into a scratch buffer, so no `f32` copy of a row, let
+/// alone of the `[N, V]` logits, ever exists.
+pub(crate) trait Elem: Copy + Send + Sync + 'static {
+    /// Whether the rows are `f32` already (no scratch buffer needed).
+    const NATIVE: bool;
+    const ZERO: Self;
+
+    fn to_f32(self) -> f32;
+
+    /// `src` as `f32`: `src` itself when [`NATIVE`](Self::NATIVE), else converted into
+    /// `buf[..src.len()]` (`buf` at least as long as `src`).
+    fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+
+    /// Runs `f(source, work)`, after which `work` is stored as `dst`'s new contents. Native:
+    /// `work` is `dst` itself and `source` is `src` (`None`: `dst` holds the inputs, in place).
+    /// Otherwise `work` is `buf`, holding `src` (or `dst`'s own values) widened, `source` is
+    /// `None`, and `work` is rounded into `dst` afterwards: one rounding per value.
+    fn update(dst: &mut [Self], src: Option<&[Self]>, buf: &mut [f32], f: impl BlockOp);
+
+    /// A zeroed buffer of `len` values (see [`zeroed_f32`]).
+    fn zeroed(len: usize) -> Vec<Self>;
+}
+
+impl Elem for f32 {
+    const NATIVE: bool = true;
+    const ZERO: Self = 0.0;
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[inline(always)]
+    fn widen<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+
+    #[inline(always)]
+    fn update(dst: &mut [f32], src: Option<&[f32]>, _buf: &mut [f32], f: impl BlockOp) {
+        f.run(src, dst)
+    }
+
+    fn zeroed(len: usize) -> Vec<f32> {
+        zeroed_f32(len)
+    }
+}
+
+/// `run(source, work)` on one `f32` block, for [`Elem::update`]: `work` is computed from
+/// `source`, or from its own contents without one. A trait with an `#[inline(always)]` method
+/// rather than a closure, so that the body is inlined into the AVX2 copies of the callers.
+pub(crate) trait BlockOp {
+    fn run(self, source: Option<&[f32]>, work: &mut [f32]);
+}
+
+/// `f16` and `bf16`: `half`'s slice conversions (F16C on x86-64 where the CPU has it).
+macro_rules! half_elem {
+    ($half:ty) => {
+        impl Elem for $half {
+            const NATIVE: bool = false;
+            const ZERO: Self = <$half>::ZERO;
+
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                <$half>::to_f32(self)
+            }
+
+            #[inline(always)]
+            fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+                let wide = &mut buf[..src.len()];
+                src.convert_to_f32_slice(wide);
+                wide
+            }
+
+            #[inline(always)]
+            fn update(dst: &mut [Self], src: Option<&[Self]>, buf: &mut [f32], f: impl BlockOp) {
+                let work = &mut buf[..dst.len()];
+                src.unwrap_or(&*dst).convert_to_f32_slice(work);
+                f.run(None, work);
+                dst.convert_from_f32_slice(work);
+            }
+
+            fn zeroed(len: usize) -> Vec<Self> {
+                // No calloc for these types: reserve, ask for huge pages, then zero.
+                let mut out = Vec::with_capacity(len);
+                #[cfg(target_os = "linux")]
+                advise_huge_pages(
+                    out.spare_capacity_mut().as_ptr() as usize,
+                    len * std::mem::size_of::<Self>(),
+                );
+                out.resize(len, Self::ZERO);
+                out
+            }
+        }
+    };
+}
+half_elem!(f16);
+half_elem!(bf16);
 
 /// `a·b + c`, fused into one instruction in the copies compiled with FMA.
 #[inline(always)]
@@ -231,18 +338,20 @@ fn transform_block<const FMA: bool>(src: &[f32], dst: &mut [f32], a: &Affine) {
 }
 
 /// Forward of one valid row: writes `out[K]` (log-prob, then the requested extras) and returns
-/// `(m, log s)`. `buf` is a `BLOCK`-long scratch buffer when `TR`.
+/// `(m, log s)`. `buf` is a `BLOCK`-long scratch buffer when `TR`, `wide` one when the rows are
+/// not `f32`.
 #[inline(always)]
-fn row_forward<const FMA: bool, const TR: bool, const EX: bool>(
-    row: &[f32],
+fn row_forward<E: Elem, const FMA: bool, const TR: bool, const EX: bool>(
+    row: &[E],
     y: usize,
     (affine, extras): (&Affine, &Extras),
-    buf: &mut [f32],
+    (buf, wide): (&mut [f32], &mut [f32]),
     out: &mut [f32],
 ) -> (f32, f32) {
     let (mut m, mut s, mut w, mut q) = (f32::NEG_INFINITY, 0.0f32, 0.0f32, 0.0f32);
     let (mut z_sum, mut before, mut z_y) = (0.0f32, f32::NEG_INFINITY, 0.0f32);
     for (i, raw) in row.chunks(BLOCK).enumerate() {
+        let raw = E::widen(raw, wide);
         let block: &[f32] = if TR {
             let b = &mut buf[..raw.len()];
             transform_block::<FMA>(raw, b, affine);
@@ -333,35 +442,27 @@ fn grad_elem<const FMA: bool, const ENT: bool>(z: f32, r: &RowGrad) -> f32 {
     }
 }
 
-/// `out_v = dz_v` for one row, where `z` is `source` or, without one, `out` itself (in place).
-/// The loops run `LANES` at a time so they vectorise; with a transform, block by block through
-/// two L1 buffers (`z'` and `∂z'/∂z`), which also frees the in-place case from aliasing.
+/// `w_v = dz_v` without the one-hot term for one block, where `z` is `source` or, without one,
+/// `w` itself (in place). The loops run `LANES` at a time so they vectorise; with a transform,
+/// through two L1 buffers (`z'` and `∂z'/∂z`), which also frees the in-place case from aliasing.
 #[inline(always)]
-fn row_backward<const FMA: bool, const TR: bool, const ENT: bool>(
+fn grad_block<const FMA: bool, const TR: bool, const ENT: bool>(
     source: Option<&[f32]>,
-    out: &mut [f32],
-    y: usize,
+    w: &mut [f32],
     r: &RowGrad,
     (affine, buf): (&Affine, &mut [f32]),
 ) {
-    let raw_y = source.map_or_else(|| out.get(y).copied(), |row| row.get(y).copied());
     if TR {
         let (zs, chains) = buf.split_at_mut(BLOCK);
-        for (i, o) in out.chunks_mut(BLOCK).enumerate() {
-            let len = o.len();
-            let src: &[f32] = match source {
-                Some(row) => row.get(i * BLOCK..i * BLOCK + len).unwrap_or(&[]),
-                None => o,
-            };
-            for ((z, c), &x) in zs.iter_mut().zip(chains.iter_mut()).zip(src) {
-                (*z, *c) = affine.apply::<FMA>(x);
-            }
-            for ((o, &z), &c) in o.iter_mut().zip(zs.iter()).zip(chains.iter()) {
-                *o = grad_elem::<FMA, ENT>(z, r) * c;
-            }
+        let src: &[f32] = source.unwrap_or(&*w);
+        for ((z, c), &x) in zs.iter_mut().zip(chains.iter_mut()).zip(src) {
+            (*z, *c) = affine.apply::<FMA>(x);
+        }
+        for ((o, &z), &c) in w.iter_mut().zip(zs.iter()).zip(chains.iter()) {
+            *o = grad_elem::<FMA, ENT>(z, r) * c;
         }
     } else {
-        let (os, o_rest) = out.as_chunks_mut::<LANES>();
+        let (os, o_rest) = w.as_chunks_mut::<LANES>();
         match source {
             Some(row) => {
                 let (zs, z_rest) = row.as_chunks::<LANES>();
@@ -386,12 +487,57 @@ fn row_backward<const FMA: bool, const TR: bool, const ENT: bool>(
             }
         }
     }
+}
+
+/// `out_v = dz_v` for one row, where `z` is `source` or, without one, `out` itself (in place),
+/// block by block ([`grad_block`]); the one-hot term `g·∂z'_y/∂z_y` is added in `f32` before
+/// the block is stored. `buf` is `2·BLOCK` long when `TR`, `wide` `BLOCK` long when the rows
+/// are not `f32`.
+#[inline(always)]
+fn row_backward<E: Elem, const FMA: bool, const TR: bool, const ENT: bool>(
+    source: Option<&[E]>,
+    out: &mut [E],
+    y: usize,
+    r: &RowGrad,
+    (affine, buf, wide): (&Affine, &mut [f32], &mut [f32]),
+) {
+    // Read before `out` is overwritten (in place, it holds the logits).
+    let raw_y = source.map_or_else(|| out.get(y).copied(), |row| row.get(y).copied());
     let chain_y = match raw_y {
-        Some(z) if TR => affine.apply::<FMA>(z).1,
+        Some(z) if TR => affine.apply::<FMA>(z.to_f32()).1,
         _ => 1.0,
     };
-    if let Some(x) = out.get_mut(y) {
-        *x = mul_add::<FMA>(r.g, chain_y, *x);
+    for (i, o) in out.chunks_mut(BLOCK).enumerate() {
+        let len = o.len();
+        let src = source.map(|row| row.get(i * BLOCK..i * BLOCK + len).unwrap_or(&[]));
+        let step = GradStep::<FMA, TR, ENT> {
+            r,
+            affine,
+            buf: &mut *buf,
+            label: y.checked_sub(i * BLOCK).filter(|&local| local < len),
+            chain_y,
+        };
+        E::update(o, src, wide, step);
+    }
+}
+
+/// One block of [`row_backward`]: [`grad_block`], then the one-hot term at `label` (the
+/// label's index within the block, if there).
+struct GradStep<'a, const FMA: bool, const TR: bool, const ENT: bool> {
+    r: &'a RowGrad,
+    affine: &'a Affine,
+    buf: &'a mut [f32],
+    label: Option<usize>,
+    chain_y: f32,
+}
+
+impl<const FMA: bool, const TR: bool, const ENT: bool> BlockOp for GradStep<'_, FMA, TR, ENT> {
+    #[inline(always)]
+    fn run(self, source: Option<&[f32]>, w: &mut [f32]) {
+        grad_block::<FMA, TR, ENT>(source, w, self.r, (self.affine, self.buf));
+        if let Some(x) = self.label.and_then(|local| w.get_mut(local)) {
+            *x = mul_add::<FMA>(self.r.g, self.chain_y, *x);
+        }
     }
 }
 
@@ -434,8 +580,8 @@ impl Rows {
 }
 
 /// One thread's share of the forward.
-struct ForwardPart<'a> {
-    logits: &'a [f32],
+struct ForwardPart<'a, E> {
+    logits: &'a [E],
     targets: &'a [i64],
     out: &'a mut [f32],
     max: &'a mut [f32],
@@ -445,14 +591,15 @@ struct ForwardPart<'a> {
 // Row-range drivers, compiled generically and with AVX2 + FMA.
 
 #[inline(always)]
-fn forward_rows_generic<const FMA: bool, const TR: bool, const EX: bool>(
-    part: ForwardPart<'_>,
+fn forward_rows_generic<E: Elem, const FMA: bool, const TR: bool, const EX: bool>(
+    part: ForwardPart<'_, E>,
     vocab: usize,
     spec: &Spec,
 ) {
     let affine = Affine::new(&spec.transform);
     let k = spec.extras.columns();
     let mut buf = if TR { vec![0.0f32; BLOCK] } else { Vec::new() };
+    let mut wide = scratch::<E>();
     let rows = part.logits.chunks_exact(vocab).zip(part.targets);
     for (((row, &target), out), (mx, ls)) in rows
         .zip(part.out.chunks_exact_mut(k))
@@ -461,7 +608,8 @@ fn forward_rows_generic<const FMA: bool, const TR: bool, const EX: bool>(
         let Some(y) = label_index(target, vocab) else {
             continue; // outputs stay 0
         };
-        let (m, l) = row_forward::<FMA, TR, EX>(row, y, (&affine, &spec.extras), &mut buf, out);
+        let scratch = (buf.as_mut_slice(), wide.as_mut_slice());
+        let (m, l) = row_forward::<E, FMA, TR, EX>(row, y, (&affine, &spec.extras), scratch, out);
         *mx = m;
         *ls = l;
     }
@@ -481,11 +629,11 @@ struct RowsRef<'a> {
 /// `out` holds the logits already (`logits = None`, in place) or gets each row computed from
 /// `logits` while the row is in cache.
 #[inline(always)]
-fn backward_rows_generic<const FMA: bool, const TR: bool, const ENT: bool>(
-    logits: Option<&[f32]>,
+fn backward_rows_generic<E: Elem, const FMA: bool, const TR: bool, const ENT: bool>(
+    logits: Option<&[E]>,
     vocab: usize,
     (rows, transform): (RowsRef<'_>, &Transform),
-    out: &mut [f32],
+    out: &mut [E],
 ) {
     let affine = Affine::new(transform);
     let mut buf = if TR {
@@ -493,12 +641,13 @@ fn backward_rows_generic<const FMA: bool, const TR: bool, const ENT: bool>(
     } else {
         Vec::new()
     };
+    let mut wide = scratch::<E>();
     for (n, o) in out.chunks_exact_mut(vocab).enumerate() {
         let y = rows.targets.get(n).and_then(|&l| label_index(l, vocab));
         let (Some(y), Some(&max), Some(&log_sum), Some(&g)) =
             (y, rows.max.get(n), rows.log_sum.get(n), rows.grad.get(n))
         else {
-            o.fill(0.0);
+            o.fill(E::ZERO);
             continue;
         };
         let (g_entropy, entropy) = if ENT {
@@ -510,7 +659,7 @@ fn backward_rows_generic<const FMA: bool, const TR: bool, const ENT: bool>(
         // `None`: in place, `o` holds the row's logits.
         let source = match logits.map(|z| z.get(n * vocab..(n + 1) * vocab)) {
             Some(None) => {
-                o.fill(0.0); // logits shorter than their rows: never from this crate
+                o.fill(E::ZERO); // logits shorter than their rows: never from this crate
                 continue;
             }
             source => source.flatten(),
@@ -522,29 +671,29 @@ fn backward_rows_generic<const FMA: bool, const TR: bool, const ENT: bool>(
             g_entropy,
             entropy,
         };
-        row_backward::<FMA, TR, ENT>(source, o, y, &r, (&affine, &mut buf));
+        row_backward::<E, FMA, TR, ENT>(source, o, y, &r, (&affine, &mut buf, &mut wide));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn forward_rows_avx2<const TR: bool, const EX: bool>(
-    part: ForwardPart<'_>,
+fn forward_rows_avx2<E: Elem, const TR: bool, const EX: bool>(
+    part: ForwardPart<'_, E>,
     vocab: usize,
     spec: &Spec,
 ) {
-    forward_rows_generic::<true, TR, EX>(part, vocab, spec)
+    forward_rows_generic::<E, true, TR, EX>(part, vocab, spec)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn backward_rows_avx2<const TR: bool, const ENT: bool>(
-    logits: Option<&[f32]>,
+fn backward_rows_avx2<E: Elem, const TR: bool, const ENT: bool>(
+    logits: Option<&[E]>,
     vocab: usize,
     rows: (RowsRef<'_>, &Transform),
-    out: &mut [f32],
+    out: &mut [E],
 ) {
-    backward_rows_generic::<true, TR, ENT>(logits, vocab, rows, out)
+    backward_rows_generic::<E, true, TR, ENT>(logits, vocab, rows, out)
 }
 
 fn has_avx2() -> bool {
@@ -558,57 +707,57 @@ fn has_avx2() -> bool {
     }
 }
 
-fn forward_rows_for<const TR: bool, const EX: bool>(
-    part: ForwardPart<'_>,
+fn forward_rows_for<E: Elem, const TR: bool, const EX: bool>(
+    part: ForwardPart<'_, E>,
     vocab: usize,
     spec: &Spec,
 ) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available (checked at run time just above).
-        return unsafe { forward_rows_avx2::<TR, EX>(part, vocab, spec) };
+        return unsafe { forward_rows_avx2::<E, TR, EX>(part, vocab, spec) };
     }
-    forward_rows_generic::<false, TR, EX>(part, vocab, spec)
+    forward_rows_generic::<E, false, TR, EX>(part, vocab, spec)
 }
 
-fn forward_rows(part: ForwardPart<'_>, vocab: usize, spec: &Spec) {
+fn forward_rows<E: Elem>(part: ForwardPart<'_, E>, vocab: usize, spec: &Spec) {
     let tr = !spec.transform.is_identity();
     let ex = spec.extras.entropy || spec.extras.log_sum_sq;
     match (tr, ex) {
-        (false, false) => forward_rows_for::<false, false>(part, vocab, spec),
-        (false, true) => forward_rows_for::<false, true>(part, vocab, spec),
-        (true, false) => forward_rows_for::<true, false>(part, vocab, spec),
-        (true, true) => forward_rows_for::<true, true>(part, vocab, spec),
+        (false, false) => forward_rows_for::<E, false, false>(part, vocab, spec),
+        (false, true) => forward_rows_for::<E, false, true>(part, vocab, spec),
+        (true, false) => forward_rows_for::<E, true, false>(part, vocab, spec),
+        (true, true) => forward_rows_for::<E, true, true>(part, vocab, spec),
     }
 }
 
-fn backward_rows_for<const TR: bool, const ENT: bool>(
-    logits: Option<&[f32]>,
+fn backward_rows_for<E: Elem, const TR: bool, const ENT: bool>(
+    logits: Option<&[E]>,
     vocab: usize,
     rows: (RowsRef<'_>, &Transform),
-    out: &mut [f32],
+    out: &mut [E],
 ) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available (checked at run time just above).
-        return unsafe { backward_rows_avx2::<TR, ENT>(logits, vocab, rows, out) };
+        return unsafe { backward_rows_avx2::<E, TR, ENT>(logits, vocab, rows, out) };
     }
-    backward_rows_generic::<false, TR, ENT>(logits, vocab, rows, out)
+    backward_rows_generic::<E, false, TR, ENT>(logits, vocab, rows, out)
 }
 
-fn backward_rows(
-    logits: Option<&[f32]>,
+fn backward_rows<E: Elem>(
+    logits: Option<&[E]>,
     vocab: usize,
     rows: (RowsRef<'_>, &Transform),
-    out: &mut [f32],
+    out: &mut [E],
 ) {
     let tr = !rows.1.is_identity();
     let ent = !rows.0.grad_entropy.is_empty();
     match (tr, ent) {
-        (false, false) => backward_rows_for::<false, false>(logits, vocab, rows, out),
-        (false, true) => backward_rows_for::<false, true>(logits, vocab, rows, out),
-        (true, false) => backward_rows_for::<true, false>(logits, vocab, rows, out),
-        (true, true) => backward_rows_for::<true, true>(logits, vocab, rows, out),
+        (false, false) => backward_rows_for::<E, false, false>(logits, vocab, rows, out),
+        (false, true) => backward_rows_for::<E, false, true>(logits, vocab, rows, out),
+        (true, false) => backward_rows_for::<E, true, false>(logits, vocab, rows, out),
+        (true, true) => backward_rows_for::<E, true, true>(logits, vocab, rows, out),
     }
 }
 
@@ -622,8 +771,14 @@ fn rows_per_thread(rows: usize, vocab: usize) -> usize {
     rows.div_ceil(cores.clamp(1, rows.max(1)))
 }
 
-/// Forward over `targets.len()` rows of `logits` (`[N, V]`, row-major).
-pub(crate) fn forward(logits: &[f32], vocab: usize, targets: &[i64], spec: &Spec) -> Forward {
+/// Forward over `targets.len()` rows of `logits` (`[N, V]`, row-major, any [`Elem`]); the
+/// outputs are `f32`.
+pub(crate) fn forward<E: Elem>(
+    logits: &[E],
+    vocab: usize,
+    targets: &[i64],
+    spec: &Spec,
+) -> Forward {
     let rows = targets.len();
     let k = spec.extras.columns();
     let mut out = Forward {
@@ -659,27 +814,37 @@ pub(crate) fn forward(logits: &[f32], vocab: usize, targets: &[i64], spec: &Spec
     out
 }
 
+/// The scratch buffer that half-precision blocks are widened into (none for `f32`).
+fn scratch<E: Elem>() -> Vec<f32> {
+    if E::NATIVE {
+        Vec::new()
+    } else {
+        vec![0.0; BLOCK]
+    }
+}
+
 /// A zeroed buffer. `vec![0.0; len]` is a calloc: fresh zero pages, no pass of ours. Those
 /// pages are faulted in on first write, and at `[B·T, V]` sizes 4 KiB faults cost more than
 /// the kernel itself; on Linux, large buffers ask for transparent huge pages (512× fewer faults).
-fn zeroed(len: usize) -> Vec<f32> {
+fn zeroed_f32(len: usize) -> Vec<f32> {
     let out = vec![0.0f32; len];
     #[cfg(target_os = "linux")]
-    advise_huge_pages(&out);
+    advise_huge_pages(out.as_ptr() as usize, std::mem::size_of_val(out.as_slice()));
     out
 }
 
+/// `madvise(MADV_HUGEPAGE)` over the whole huge pages inside `bytes` bytes from `start`, an
+/// allocation of ours.
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(buf: &[f32]) {
+fn advise_huge_pages(start: usize, bytes: usize) {
     const HUGE_PAGE: usize = 2 << 20;
-    let start = buf.as_ptr() as usize;
-    let end = start + std::mem::size_of_val(buf);
+    let end = start + bytes;
     let (first, last) = (
         start.next_multiple_of(HUGE_PAGE),
         end / HUGE_PAGE * HUGE_PAGE,
     );
     if last >= first + 4 * HUGE_PAGE {
-        // SAFETY: `[first, last)` lies inside `buf`'s allocation, and MADV_HUGEPAGE only changes
+        // SAFETY: `[first, last)` lies inside the caller's allocation, and MADV_HUGEPAGE only changes
         // how the kernel backs those pages, never their contents. A failure is harmless.
         unsafe {
             libc::madvise(
@@ -691,22 +856,23 @@ fn advise_huge_pages(buf: &[f32]) {
     }
 }
 
-/// Backward: `dlogits [N·V]` for the per-row inputs `rows`, in a new buffer.
-pub(crate) fn backward(
-    logits: &[f32],
+/// Backward: `dlogits [N·V]` of the logits' element type for the per-row inputs `rows`, in a
+/// new buffer.
+pub(crate) fn backward<E: Elem>(
+    logits: &[E],
     vocab: usize,
     rows: &Rows,
     transform: &Transform,
-) -> Vec<f32> {
-    let mut out = zeroed(rows.targets.len() * vocab);
+) -> Vec<E> {
+    let mut out = E::zeroed(rows.targets.len() * vocab);
     backward_into(Some(logits), vocab, (rows, transform), &mut out);
     out
 }
 
 /// Backward written over the logits themselves: no `[N, V]` allocation, for logits that
 /// nothing else holds.
-pub(crate) fn backward_in_place(
-    logits: &mut [f32],
+pub(crate) fn backward_in_place<E: Elem>(
+    logits: &mut [E],
     vocab: usize,
     rows: &Rows,
     transform: &Transform,
@@ -714,11 +880,11 @@ pub(crate) fn backward_in_place(
     backward_into(None, vocab, (rows, transform), logits);
 }
 
-fn backward_into(
-    logits: Option<&[f32]>,
+fn backward_into<E: Elem>(
+    logits: Option<&[E]>,
     vocab: usize,
     (rows, transform): (&Rows, &Transform),
-    out: &mut [f32],
+    out: &mut [E],
 ) {
     let n = rows.targets.len();
     if n == 0 || vocab == 0 {
@@ -726,7 +892,7 @@ fn backward_into(
     }
     let per = rows_per_thread(n, vocab);
     // `None` splits into `None`s: the in-place case has no separate source.
-    let sources: Vec<Option<&[f32]>> = match logits {
+    let sources: Vec<Option<&[E]>> = match logits {
         Some(z) => z.chunks(per * vocab).map(Some).collect(),
         None => vec![None; n.div_ceil(per)],
     };
@@ -807,6 +973,83 @@ mod tests {
     fn tanh_matches_std() {
         check_tanh::<false>();
         check_tanh::<true>();
+    }
+
+    /// Half-precision rows widen to exactly the `f32` values the `f32` kernels would read, in
+    /// the same order: outputs and stats bit-identical to the `f32` kernels on the widened
+    /// values, and the gradient their `f32` gradient rounded once, in place or copying.
+    fn check_half_rows<E: Elem + PartialEq + std::fmt::Debug>(
+        narrow: impl Fn(f32) -> E,
+        spec: &Spec,
+    ) {
+        // Several blocks per row, a tail, and enough logits for the multi-threaded split.
+        let (n, v) = (40, 2 * BLOCK + 37);
+        let raw: Vec<E> = (0..n * v)
+            .map(|i| narrow(((i * 7919) % 1013) as f32 / 97.0 - 5.0))
+            .collect();
+        let wide: Vec<f32> = raw.iter().map(|&x| x.to_f32()).collect();
+        let targets: Vec<i64> = (0..n as i64)
+            .map(|i| if i % 7 == 3 { -1 } else { i * 613 % v as i64 })
+            .collect();
+        let (half, full) = (
+            forward(&raw, v, &targets, spec),
+            forward(&wide, v, &targets, spec),
+        );
+        assert_eq!(half.out, full.out);
+        assert_eq!(half.max, full.max);
+        assert_eq!(half.log_sum, full.log_sum);
+        let entropy = spec.extras.column_of().entropy;
+        let k = spec.extras.columns();
+        let rows = Rows {
+            targets: targets.clone(),
+            max: full.max.clone(),
+            log_sum: full.log_sum.clone(),
+            grad: (0..n).map(|i| 1.0 - i as f32 / 17.0).collect(),
+            grad_entropy: entropy.map_or(Vec::new(), |_| vec![0.4; n]),
+            entropy: entropy.map_or(Vec::new(), |c| {
+                full.out.iter().skip(c).step_by(k).copied().collect()
+            }),
+        };
+        let expected: Vec<E> = backward(&wide, v, &rows, &spec.transform)
+            .into_iter()
+            .map(&narrow)
+            .collect();
+        assert_eq!(backward(&raw, v, &rows, &spec.transform), expected);
+        let mut in_place = raw.clone();
+        backward_in_place(&mut in_place, v, &rows, &spec.transform);
+        assert_eq!(in_place, expected);
+    }
+
+    #[test]
+    fn half_rows_read_as_their_widened_values() {
+        let all = Extras {
+            entropy: true,
+            log_sum_sq: true,
+            mean: true,
+            top1: true,
+        };
+        let softcap = Transform {
+            scale: 1.3,
+            softcap: Some(4.0),
+            inv_temperature: 1.0 / 0.7,
+        };
+        for spec in [
+            Spec {
+                transform: Transform::IDENTITY,
+                extras: Extras::default(),
+            },
+            Spec {
+                transform: Transform::IDENTITY,
+                extras: all,
+            },
+            Spec {
+                transform: softcap,
+                extras: all,
+            },
+        ] {
+            check_half_rows(f16::from_f32, &spec);
+            check_half_rows(bf16::from_f32, &spec);
+        }
     }
 
     #[test]

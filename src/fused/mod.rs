@@ -10,7 +10,10 @@
 //!   the row max and row log-sum `[N]` (the logits are kept alive by reference, not copied).
 //! - Flex and NdArray run the fused slice kernels of [`kernel`]: one read pass per row forward,
 //!   one read + one write pass backward, vectorised `exp`, all cores. On flex the backward
-//!   writes over the logits when nothing else holds them.
+//!   writes over the logits when nothing else holds them. Flex's `f16`/`bf16` logits are read
+//!   as they are (NdArray has no half storage).
+//! - For every logits dtype the output `[N, K]` and the [`RowStats`] are `f32`, and the
+//!   backward's `dz [N, V]` has the logits' dtype.
 //! - CubeCL backends (wgpu, CUDA) run the kernels of `cube` (one CubeCL source for every
 //!   runtime, also under burn's `Fusion`, as lazy custom operations): one read of each row
 //!   forward, one read and one write backward, in place when the logits are not held.
@@ -323,7 +326,7 @@ pub struct FusedPathCounters {
     /// Forward passes over a logits block by the CPU slice kernels (one per call, or per chunk
     /// on the LM-head path).
     pub kernel_forward: u64,
-    /// Forward passes by the composed tensor-op fallback (wgpu, non-`f32` logits).
+    /// Forward passes by the composed tensor-op fallback (wgpu; `f64` logits).
     pub composed_forward: u64,
     /// Backward passes that wrote the gradient over the logits' own buffer.
     pub in_place_backward: u64,
