@@ -43,7 +43,7 @@ use burn::tensor::{Device, FloatDType};
 use bench::{Workload, median_seconds, peak_rss_bytes};
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu] [--hidden H [--head fused|unfused]] [--dtype f32|f16|bf16] [--peer PYTHON]";
+    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu|cuda] [--hidden H [--head fused|unfused]] [--dtype f32|f16|bf16] [--peer PYTHON]";
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let dims: Vec<usize> = argv
         .iter()

@@ -64,6 +64,8 @@ impl Flags {
             "ndarray" => Ok(Device::ndarray()),
             #[cfg(feature = "wgpu")]
             "wgpu" => Ok(Device::wgpu(Default::default())),
+            #[cfg(feature = "cuda")]
+            "cuda" => Ok(Device::cuda(0)),
             other => Err(format!(
                 "device `{other}` is not available: build with `--features {other}`"
             )),

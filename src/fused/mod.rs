@@ -326,7 +326,8 @@ pub struct FusedPathCounters {
     /// Forward passes over a logits block by the CPU slice kernels (one per call, or per chunk
     /// on the LM-head path).
     pub kernel_forward: u64,
-    /// Forward passes by the composed tensor-op fallback (wgpu; `f64` logits).
+    /// Forward passes by the composed tensor-op fallback (`f64` logits; half logits a device's
+    /// kernels do not read).
     pub composed_forward: u64,
     /// Backward passes that wrote the gradient over the logits' own buffer.
     pub in_place_backward: u64,
