@@ -76,6 +76,8 @@ pub use collate::{
 };
 pub use error::{PreferenceError, Result};
 #[doc(hidden)]
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub use fused::{CpuKernelIsa, cpu_kernel_isa};
 pub use fused::{FusedPathCounters, fused_path_counters};
 pub use logps::{
     HeadLayout, LmHead, LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput,

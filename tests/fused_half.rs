@@ -40,10 +40,13 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Counter increments while `f` runs.
-fn counted<R>(f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
+/// Counter increments while `f` runs, the device synchronised before and after (under burn's
+/// `fusion` the GPU kernels run, and count, when the stream executes).
+fn counted<R>(device: &Device, f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
+    device.sync().expect("device sync");
     let before = fused_path_counters();
     let out = f();
+    device.sync().expect("device sync");
     let after = fused_path_counters();
     let delta = FusedPathCounters {
         kernel_forward: after.kernel_forward - before.kernel_forward,
@@ -51,6 +54,7 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
         in_place_backward: after.in_place_backward - before.in_place_backward,
         copying_backward: after.copying_backward - before.copying_backward,
         composed_backward: after.composed_backward - before.composed_backward,
+        cube_forward: after.cube_forward - before.cube_forward,
     };
     (out, delta)
 }
@@ -290,8 +294,27 @@ fn f32_grad<const D: usize>(tensor: &Tensor<D>, grads: &burn::tensor::Gradients)
     to_vec(tensor.grad(grads).expect("reference gradient"))
 }
 
-fn cpu_kernels(name: &str) -> bool {
-    name == "flex"
+/// `forwards` kernel forward passes on the device's own kernels (the CPU slice kernels on
+/// flex, the CubeCL kernels on wgpu and CUDA), nothing else.
+fn kernels(name: &str, forwards: u64) -> FusedPathCounters {
+    match name {
+        "wgpu" | "cuda" => FusedPathCounters {
+            cube_forward: forwards,
+            ..FusedPathCounters::default()
+        },
+        _ => FusedPathCounters {
+            kernel_forward: forwards,
+            ..FusedPathCounters::default()
+        },
+    }
+}
+
+/// Forward passes by the device's own kernels.
+fn own_forwards(name: &str, paths: &FusedPathCounters) -> u64 {
+    match name {
+        "wgpu" | "cuda" => paths.cube_forward,
+        _ => paths.kernel_forward,
+    }
 }
 
 #[test]
@@ -327,7 +350,7 @@ fn half_logits_match_f32_on_the_same_values() {
 
                 // The test keeps `logits`: the backward cannot overwrite them.
                 let logits = logits.require_grad();
-                let ((out, grads), paths) = counted(|| {
+                let ((out, grads), paths) = counted(&device, || {
                     let out = g.forward(logits.clone(), labels.clone()).expect("valid");
                     let grads = objective(&out, &device).backward();
                     (out, grads)
@@ -342,14 +365,11 @@ fn half_logits_match_f32_on_the_same_values() {
 
                 compare_outputs(name, &what, &out, &want_out);
                 assert_half_grad(name, &format!("grad {what}"), half, &got, &want);
-                if cpu_kernels(name) {
-                    let expected = FusedPathCounters {
-                        kernel_forward: 1,
-                        copying_backward: 1,
-                        ..FusedPathCounters::default()
-                    };
-                    assert_eq!(paths, expected, "[{name}] {what}");
-                }
+                let expected = FusedPathCounters {
+                    copying_backward: 1,
+                    ..kernels(name, 1)
+                };
+                assert_eq!(paths, expected, "[{name}] {what}");
             }
         }
     }
@@ -370,7 +390,7 @@ fn half_logits_nobody_else_holds_get_the_gradient_in_place() {
             let g = gatherer(OPTIONS[1]);
             let leaf = leaf.require_grad();
             // `× 1` is exact in every dtype; its output is moved into `forward`.
-            let (grads, paths) = counted(|| {
+            let (grads, paths) = counted(&device, || {
                 let logits = leaf.clone().mul_scalar(1.0);
                 let out = g.forward(logits, labels.clone()).expect("valid");
                 objective(&out, &device).backward()
@@ -382,14 +402,11 @@ fn half_logits_nobody_else_holds_get_the_gradient_in_place() {
                 .expect("valid");
             let want = f32_grad(&reference, &objective(&want_out, &device).backward());
             assert_half_grad(name, &format!("in-place grad {half:?}"), half, &got, &want);
-            if cpu_kernels(name) {
-                let expected = FusedPathCounters {
-                    kernel_forward: 1,
-                    in_place_backward: 1,
-                    ..FusedPathCounters::default()
-                };
-                assert_eq!(paths, expected, "[{name}] {half:?}");
-            }
+            let expected = FusedPathCounters {
+                in_place_backward: 1,
+                ..kernels(name, 1)
+            };
+            assert_eq!(paths, expected, "[{name}] {half:?}");
         }
     }
 }
@@ -409,7 +426,7 @@ fn half_logits_without_autodiff_and_packed() {
             let g = gatherer(OPTIONS[0]);
             let reference = floats(widened, dims, &device);
             let labels_t = ints(labels.clone(), [b, t], &device);
-            let (out, paths) = counted(|| g.forward(logits.clone(), labels_t.clone()));
+            let (out, paths) = counted(&device, || g.forward(logits.clone(), labels_t.clone()));
             let want = g
                 .forward_unfused(reference.clone(), labels_t, None)
                 .expect("valid");
@@ -419,16 +436,14 @@ fn half_logits_without_autodiff_and_packed() {
                 &out.expect("valid"),
                 &want,
             );
-            if cpu_kernels(name) {
-                assert_eq!(paths.kernel_forward, 1, "[{name}] {paths:?}");
-                assert_eq!(paths.composed_forward, 0, "[{name}] {paths:?}");
-            }
+            assert_eq!(paths, kernels(name, 1), "[{name}] {paths:?}");
 
             // Two sequences per row: the packed pass over the same half logits.
             let segments = Segments::from_cu_seqlens(&[0, 3, 8, 11, 16], b, t).expect("valid");
             let labels_t = ints(labels, [b, t], &device);
-            let (packed, paths) =
-                counted(|| g.forward_packed(logits.clone(), labels_t.clone(), &segments));
+            let (packed, paths) = counted(&device, || {
+                g.forward_packed(logits.clone(), labels_t.clone(), &segments)
+            });
             let packed_want = g
                 .forward_packed(reference, labels_t, &segments)
                 .expect("valid");
@@ -438,10 +453,7 @@ fn half_logits_without_autodiff_and_packed() {
                 &packed.expect("valid"),
                 &packed_want,
             );
-            if cpu_kernels(name) {
-                assert_eq!(paths.kernel_forward, 1, "[{name}] {paths:?}");
-                assert_eq!(paths.composed_forward, 0, "[{name}] {paths:?}");
-            }
+            assert_eq!(paths, kernels(name, 1), "[{name}] {paths:?}");
         }
     }
 }
@@ -546,7 +558,7 @@ fn half_lm_head_matches_f32_on_the_same_values() {
                     bias.require_grad(),
                 );
                 let head = LmHead::new(weight.clone(), layout).with_bias(bias.clone());
-                let ((out, grads), paths) = counted(|| {
+                let ((out, grads), paths) = counted(&device, || {
                     let out = g
                         .forward_linear(hidden.clone(), head, labels.clone())
                         .expect("valid");
@@ -611,17 +623,15 @@ fn half_lm_head_matches_f32_on_the_same_values() {
                 ] {
                     assert_close_normwise(name, &format!("{key} {what}"), &got, &want, 16.0 * u);
                 }
-                if cpu_kernels(name) {
-                    // Chunks of 3 rows: one kernel forward and one in-place backward per chunk
-                    // (each chunk's half logits are fresh), nothing composed.
-                    assert!(paths.kernel_forward >= 2, "[{name}] {what} {paths:?}");
-                    assert_eq!(
-                        paths.in_place_backward, paths.kernel_forward,
-                        "[{name}] {what} {paths:?}"
-                    );
-                    assert_eq!(paths.composed_forward, 0, "[{name}] {what} {paths:?}");
-                    assert_eq!(paths.composed_backward, 0, "[{name}] {what} {paths:?}");
-                }
+                // Chunks of 3 rows: one kernel forward and one in-place backward per chunk
+                // (each chunk's half logits are fresh), nothing composed.
+                let forwards = own_forwards(name, &paths);
+                assert!(forwards >= 2, "[{name}] {what} {paths:?}");
+                let expected = FusedPathCounters {
+                    in_place_backward: forwards,
+                    ..kernels(name, forwards)
+                };
+                assert_eq!(paths, expected, "[{name}] {what} {paths:?}");
             }
         }
     }

@@ -162,10 +162,17 @@ fn forward<B: HostSlices>(
     let (Some(kind), Some(host_targets)) = (kind, host) else {
         return composed::forward::<B>(logits, targets, spec);
     };
+    let isa = kernel::cpu_kernel_isa();
     let out = match kind {
-        Kind::F32 => f32::lend::<B, _>(&logits, |z| kernel::forward(z, v, &host_targets, &spec)),
-        Kind::F16 => f16::lend::<B, _>(&logits, |z| kernel::forward(z, v, &host_targets, &spec)),
-        Kind::BF16 => bf16::lend::<B, _>(&logits, |z| kernel::forward(z, v, &host_targets, &spec)),
+        Kind::F32 => f32::lend::<B, _>(&logits, |z| {
+            kernel::forward(isa, z, v, &host_targets, &spec)
+        }),
+        Kind::F16 => f16::lend::<B, _>(&logits, |z| {
+            kernel::forward(isa, z, v, &host_targets, &spec)
+        }),
+        Kind::BF16 => bf16::lend::<B, _>(&logits, |z| {
+            kernel::forward(isa, z, v, &host_targets, &spec)
+        }),
     };
     let Some(out) = out else {
         return composed::forward::<B>(logits, targets, spec);
@@ -263,14 +270,16 @@ fn backward_as<B: HostSlices, E: HostElem>(
     // moved into it): then the gradient overwrites them, with no `[N, V]` allocation at all.
     let mut logits = logits;
     if E::lend_mut::<B, _>(&mut logits, |z| {
-        kernel::backward_in_place(z, v, rows, &transform)
+        kernel::backward_in_place(kernel::cpu_kernel_isa(), z, v, rows, &transform)
     })
     .is_some()
     {
         count(Path::InPlaceBackward);
         return Ok(logits);
     }
-    let Some(out) = E::lend::<B, _>(&logits, |z| kernel::backward(z, v, rows, &transform)) else {
+    let Some(out) = E::lend::<B, _>(&logits, |z| {
+        kernel::backward(kernel::cpu_kernel_isa(), z, v, rows, &transform)
+    }) else {
         return Err(logits);
     };
     count(Path::CopyingBackward);

@@ -70,6 +70,8 @@ use burn::backend::{
 };
 use burn::tensor::{Device, Int, Tensor};
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub use kernel::{CpuKernelIsa, cpu_kernel_isa};
 pub use linear::HeadLayout;
 pub(crate) use linear::token_logps as linear_token_logps;
 
