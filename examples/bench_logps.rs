@@ -103,8 +103,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     let head_json = hidden.map_or(String::new(), |h| {
         format!(r#""hidden":{h},"head":"{head}","#)
     });
+    // The CPU kernels' instruction set (the flex and ndarray devices), for comparing runs.
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    let cpu_isa = format!("{:?}", burn_preference::cpu_kernel_isa()).to_lowercase();
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    let cpu_isa = "none";
     println!(
-        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}","dtype":"{dtype_name}",{head_json}"forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
+        r#"{{"shape":"{n}x{t}x{v}","device":"{device_name}","dtype":"{dtype_name}","cpu_isa":"{cpu_isa}",{head_json}"forward_s":{forward_s:.6},"forward_backward_s":{forward_backward_s:.6},"peak_rss_bytes":{}}}"#,
         peak.map_or("null".to_string(), |b| b.to_string())
     );
 
