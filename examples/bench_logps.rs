@@ -13,6 +13,8 @@
 //! cargo run --release --example bench_logps -- 4 512 128256 --hidden 2048 --head unfused --reps 1
 //! ```
 //!
+//! `--chunk-rows C` sets `SequenceLogpsConfig::chunk_rows` for the LM head (default 256).
+//!
 //! `--dtype f16|bf16` casts the inputs (logits, or hidden states and head) to half precision
 //! before timing (default `f32`).
 //!
@@ -43,7 +45,7 @@ use burn::tensor::{Device, FloatDType};
 use bench::{Workload, median_seconds, peak_rss_bytes};
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu|cuda] [--hidden H [--head fused|unfused]] [--dtype f32|f16|bf16] [--peer PYTHON]";
+    let usage = "bench_logps N T V [--reps R] [--device flex|ndarray|wgpu|cuda] [--hidden H [--head fused|unfused] [--chunk-rows C]] [--dtype f32|f16|bf16] [--peer PYTHON]";
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let dims: Vec<usize> = argv
         .iter()
@@ -55,13 +57,22 @@ fn main() -> Result<(), Box<dyn Error>> {
     if n % 2 != 0 {
         return Err("N must be even: chosen rows first, then rejected rows".into());
     }
-    let allowed = ["reps", "device", "hidden", "head", "dtype", "peer"];
+    let allowed = [
+        "reps",
+        "device",
+        "hidden",
+        "head",
+        "chunk-rows",
+        "dtype",
+        "peer",
+    ];
     let flags = args::Flags::parse_from(usage, &allowed, &argv[3..])?;
     let reps: usize = flags.value("reps")?.unwrap_or(5);
     if reps == 0 {
         return Err("--reps must be at least 1".into());
     }
     let hidden: Option<usize> = flags.value("hidden")?;
+    let chunk_rows: Option<usize> = flags.value("chunk-rows")?;
     let head = flags.text("head").unwrap_or("fused");
     let fused = match head {
         "fused" => true,
@@ -80,7 +91,10 @@ fn main() -> Result<(), Box<dyn Error>> {
             Some(width) => Workload::linear([n, t, v], width, fused, device),
             None => Workload::new([n, t, v], device),
         };
-        workload.with_dtype(dtype)
+        Workload {
+            chunk_rows,
+            ..workload.with_dtype(dtype)
+        }
     };
     let device = flags.device()?;
     let device_name = flags.text("device").unwrap_or("flex");

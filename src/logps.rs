@@ -82,9 +82,10 @@ pub struct SequenceLogpsConfig {
     #[config(default = true)]
     pub strict_labels: bool,
     /// Rows of hidden states per chunk in [`SequenceLogps::forward_linear`]: the `[chunk, V]`
-    /// logits block (and its gradient) is the only vocabulary-sized buffer it holds. Larger
-    /// chunks make bigger, faster matrix products; 256 rows at `V = 128 256` are 131 MB.
-    /// Default: `256`.
+    /// logits block (and its gradient) is the only vocabulary-sized buffer its forward holds;
+    /// the backward's tiles (up to 4096 rows × a block of the vocabulary) hold at most as many
+    /// logits. Larger chunks make bigger, faster matrix products; 256 rows at `V = 128 256`
+    /// are 131 MB. Default: `256`.
     #[config(default = 256)]
     pub chunk_rows: usize,
     /// In [`SequenceLogps::forward_linear`], leave the rows without a counted label (prompt,
@@ -412,7 +413,8 @@ impl SequenceLogps {
 
     /// Sequence log-probs of `labels` under the logits `hidden · head (+ bias)` of a linear LM
     /// head, without ever holding the `[B, T, V]` logits: they are computed [`chunk_rows`] rows
-    /// at a time, and the backward recomputes each chunk instead of storing it. Same results as
+    /// at a time, and the backward recomputes them (in tiles of tokens × vocabulary of the
+    /// same size) instead of storing them. Same results as
     /// [`forward`](Self::forward) on the materialised logits, gradients for `hidden`, the
     /// weight and the bias included; at `B·T = 2048`, `V = 128 256` this saves the 1 GB of
     /// logits and the 1 GB of their gradient for one extra `hidden · head` product in the

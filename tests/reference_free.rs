@@ -167,6 +167,10 @@ fn check_metrics(
 }
 
 fn assert_grad(device: &str, what: &str, grad: Tensor<2>, expected: &Value) {
+    assert_grad_within(device, what, grad, expected, 1e-4);
+}
+
+fn assert_grad_within(device: &str, what: &str, grad: Tensor<2>, expected: &Value, rel: f64) {
     let expected = data_f64(expected);
     let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     assert_close(
@@ -174,7 +178,7 @@ fn assert_grad(device: &str, what: &str, grad: Tensor<2>, expected: &Value) {
         what,
         &to_vec(grad),
         &expected,
-        1e-4,
+        rel,
         1e-5 * scale + 1e-8,
     );
 }
@@ -442,17 +446,23 @@ fn orpo_matches_trl() {
                     1e-5,
                 );
                 let grads = out.loss.backward();
-                assert_grad(
+                // The same 1/|s| reaches that pair's gradient: (1 − e^s) is known to ~3e-7 / 1e-3
+                // relative, and the logits there (~200) round differently in each matmul kernel
+                // (gemm's AVX-512 or FMA kernels, torch's), so that case's gradients get 1e-3.
+                let grad_rel = if near_deterministic { 1e-3 } else { 1e-4 };
+                assert_grad_within(
                     device_name,
                     &format!("{what} d/d hidden"),
                     grad_of(&hidden, &grads),
                     &case["grads"]["policy_hidden"],
+                    grad_rel,
                 );
-                assert_grad(
+                assert_grad_within(
                     device_name,
                     &format!("{what} d/d weight"),
                     grad_of(&weight, &grads),
                     &case["grads"]["policy_weight"],
+                    grad_rel,
                 );
             }
             // The odds-ratio term on TRL's own token-mean log-probs (one-token rows), free of the

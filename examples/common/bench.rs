@@ -52,6 +52,8 @@ pub struct Workload {
     pub head: Head,
     pub labels: Tensor<2, Int>,
     pub reference: Tensor<1>,
+    /// `SequenceLogpsConfig::chunk_rows` for the LM head (`None`: its default).
+    pub chunk_rows: Option<usize>,
 }
 
 impl Workload {
@@ -98,6 +100,7 @@ impl Workload {
             head,
             labels: tokens.mask_fill(ignored, -100),
             reference: Tensor::random([n], Distribution::Normal(0.0, 1.0), device),
+            chunk_rows: None,
         }
     }
 
@@ -122,7 +125,12 @@ impl Workload {
     /// The loss, and with `track` the inputs that require a gradient (as `[., ., .]`).
     fn dpo_loss(&self, track: bool) -> Result<(Tensor<1>, Vec<Tensor<3>>), Box<dyn Error>> {
         let tracked = |x: Tensor<3>| if track { x.require_grad() } else { x };
-        let gatherer = SequenceLogpsConfig::new().init()?;
+        let config = SequenceLogpsConfig::new();
+        let config = match self.chunk_rows {
+            Some(rows) => config.with_chunk_rows(rows),
+            None => config,
+        };
+        let gatherer = config.init()?;
         let labels = self.labels.clone();
         let (out, inputs) = match &self.head {
             Head::Logits(logits) => {

@@ -182,9 +182,16 @@ pub(crate) fn backward<B: Backend>(
     } else {
         grad_column(0)
     };
-    let (safe, valid) = safe_targets::<B>(targets, v);
-    let invalid = B::bool_not(valid);
+    // Rows with a negative target are invalid; `y ≥ V` is a valid row whose target column
+    // lies outside these logits: no one-hot term.
+    let bool_dtype = get_or_init_device_settings::<B>(&targets.device()).bool_dtype;
+    let invalid = B::bool_reshape(
+        B::int_lower_elem(targets.clone(), 0i64.into(), bool_dtype),
+        Shape::new([n, 1]),
+    );
+    let (safe, in_vocab) = safe_targets::<B>(targets, v);
     let g = B::float_mask_fill(grad_logp, invalid.clone(), 0.0f32.into());
+    let g_target = B::float_mask_fill(g.clone(), B::bool_not(in_vocab), 0.0f32.into());
     let (z, tanh) = transform::<B>(widen::<B>(logits), &spec.transform);
     let log_p = B::float_sub(B::float_sub(z, column(stats.max)), column(stats.log_sum));
     let p = B::float_exp(log_p.clone());
@@ -195,7 +202,7 @@ pub(crate) fn backward<B: Backend>(
         let term = B::float_mul(p, B::float_add(floor, column(h)));
         d = B::float_sub(d, B::float_mul(term, g_h));
     }
-    let mut d = B::float_scatter(1, d, safe, g, IndexingUpdateOp::Add);
+    let mut d = B::float_scatter(1, d, safe, g_target, IndexingUpdateOp::Add);
     let t = spec.transform;
     if !t.is_identity() {
         d = B::float_mul_scalar(d, (t.scale * t.inv_temperature).into());

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! A row-target outside `[0, V)` marks an invalid row: outputs 0, stats 0, gradient row 0,
-//! and its logits are not read.
+//! and its logits are not read. In the backward only negative targets are invalid: `y ≥ V`
+//! is a valid row whose target column lies outside the logits given (a block of the
+//! vocabulary), so it gets no one-hot term.
 //!
 //! - Forward: one streaming pass per row, block by block (L1-sized): block max, rescale the
 //!   running sums when the max grows (online log-sum-exp, once per block), then add the block's
@@ -644,7 +646,9 @@ fn backward_rows_generic<E: Elem, const FMA: bool, const TR: bool, const ENT: bo
     };
     let mut wide = scratch::<E>();
     for (n, o) in out.chunks_exact_mut(vocab).enumerate() {
-        let y = rows.targets.get(n).and_then(|&l| label_index(l, vocab));
+        // Backward only: a target at or past `vocab` is a valid row whose target column lies
+        // outside these logits (a block of the vocabulary); negative ones are invalid.
+        let y = rows.targets.get(n).and_then(|&l| usize::try_from(l).ok());
         let (Some(y), Some(&max), Some(&log_sum), Some(&g)) =
             (y, rows.max.get(n), rows.log_sum.get(n), rows.grad.get(n))
         else {

@@ -4,22 +4,26 @@
 //! the same way but compute the gradients during the forward and keep them).
 //!
 //! ```text
-//! forward, per chunk c:   z_c = h_c Wᵀ + b  [C, V]  →  ℓ_c, extras, row stats
-//! backward, per chunk c:  z_c again  →  dz_c  [C, V]   (token_logps_backward)
-//!                         dh_c = dz_c W  [C, H],   dW += dz_cᵀ h_c  [V, H],   db += Σ_rows dz_c
+//! forward, per row chunk c:       z_c = h_c Wᵀ + b  [C, V]  →  ℓ_c, extras, row stats
+//! backward, per tile (t, v):      z = h_t W_vᵀ + b_v  [T, V_b] again  →  dz   (token_logps_backward)
+//!                                 dh_t += dz W_v,  dW_v (+)= dzᵀ h_t,  db_v (+)= Σ_rows dz
 //! ```
+//!
+//! The backward tiles tokens × vocabulary (up to 4096 rows per token block, as TRL 1.16's
+//! does), each tile no larger than a forward chunk (`C × V` elements): with every row in one
+//! token block, each block of the weight gradient is written once instead of once per chunk.
 //!
 //! The head is read in the layout it comes in (`[V, H]`, or burn-nn `Linear`'s `[H, V]`): the
 //! products take a transposed *view* where needed, never a transposed copy.
 //!
-//! At most one `[C, V]` logits chunk and its gradient are alive at a time; the backward costs
-//! one extra `h Wᵀ` product for never holding `[N, V]`. Generic over backend ops, so every
+//! At most one `C × V`-element logits chunk or tile and its gradient are alive at a time; the
+//! backward costs one extra `h Wᵀ` product for never holding `[N, V]`. Generic over backend ops, so every
 //! backend with [`TokenLogpKernels`] runs it, on its own kernels for the `[C, V]` part.
 
 use std::ops::Range;
 
 use burn::backend::{
-    Backend, TensorMetadata,
+    Backend, TensorMetadata, get_or_init_device_settings,
     tensor::{FloatTensor, IntTensor},
 };
 use burn::tensor::{IndexingUpdateOp, Int, Shape, Slice, Tensor, TensorData};
@@ -134,39 +138,61 @@ pub(crate) struct Saved<B: Backend> {
     pub(crate) head: LinearSpec,
 }
 
-/// Vocabulary entries of the weight gradient updated per product: `[WEIGHT_BLOCK, H]` is the
-/// largest weight-shaped temporary (64 MiB at `H = 2048`), not a second `[V, H]`.
-const WEIGHT_BLOCK: usize = 8192;
+/// Rows per token block of the backward (TRL 1.16's `TOKEN_CHUNK_SIZE`): each block of the
+/// weight gradient gets one product per token block, so up to this many rows it is written
+/// once.
+const TOKEN_BLOCK: usize = 4096;
 
-/// `dW[block] += dz_cᵀ[block] h_c` (`[V, H]`) or `dW[:, block] += h_cᵀ dz_c[:, block]`
-/// (`[H, V]`) for every vocabulary block. Slicing a block out of `dW` and writing it back keeps
-/// `dW` uniquely owned in between, so CPU backends update it in place.
-fn accumulate_weight_grad<B: Backend>(
-    weight_grad: FloatTensor<B>,
-    dlogits: &FloatTensor<B>,
-    hidden: &FloatTensor<B>,
-    layout: HeadLayout,
+/// The backward's tiles: `(token block, vocabulary block)` with at most `budget` elements
+/// each (`chunk_rows × V`, the forward's chunk), the token block as long as [`TOKEN_BLOCK`]
+/// allows and the vocabulary block filling the rest.
+fn tile_sizes(rows: usize, vocab: usize, budget: usize) -> (usize, usize) {
+    let tokens = rows.clamp(1, TOKEN_BLOCK).min(budget.max(1));
+    let columns = (budget / tokens).clamp(1, vocab.max(1));
+    (tokens, columns)
+}
+
+/// The row-targets of a token block for the vocabulary block `columns`: `y − start` where `y`
+/// falls in the block, `columns.len()` (a valid row with no target column here) where it does
+/// not, and the invalid rows' negative targets unchanged.
+fn tile_targets<B: Backend>(targets: IntTensor<B>, columns: &Range<usize>) -> IntTensor<B> {
+    let bool_dtype = get_or_init_device_settings::<B>(&targets.device()).bool_dtype;
+    let (start, end) = (columns.start as i64, columns.end as i64);
+    let invalid = B::int_lower_elem(targets.clone(), 0i64.into(), bool_dtype);
+    let outside = B::bool_or(
+        B::int_lower_elem(targets.clone(), start.into(), bool_dtype),
+        B::int_greater_equal_elem(targets.clone(), end.into(), bool_dtype),
+    );
+    let local = B::int_sub_scalar(targets, start.into());
+    let local = B::int_mask_fill(local, outside, (end - start).into());
+    B::int_mask_fill(local, invalid, super::INVALID.into())
+}
+
+/// `tensor[range] = value` along `dim` (0 or 1) when `first`, else `tensor[range] += value`.
+/// The slice is taken and written back while `tensor` is uniquely owned, so CPU backends
+/// update it in place.
+fn write_block<B: Backend>(
+    tensor: FloatTensor<B>,
+    dim: usize,
+    range: &Range<usize>,
+    value: FloatTensor<B>,
+    first: bool,
 ) -> FloatTensor<B> {
-    let [_, vocab] = dims2(&dlogits.shape());
-    let mut weight_grad = weight_grad;
-    for block in row_chunks(vocab, WEIGHT_BLOCK) {
-        let dz_block = columns_of::<B>(dlogits, &block);
-        weight_grad = match layout {
-            HeadLayout::VocabHidden => {
-                let part = B::float_matmul(B::float_transpose(dz_block), hidden.clone());
-                let updated = B::float_add(rows_of::<B>(&weight_grad, &block), part);
-                let rows = [Slice::from(block), Slice::full()];
-                B::float_slice_assign(weight_grad, &rows, updated)
+    let slices: Vec<Slice> = (0..tensor.shape().num_dims())
+        .map(|d| {
+            if d == dim {
+                Slice::from(range.clone())
+            } else {
+                Slice::full()
             }
-            HeadLayout::HiddenVocab => {
-                let part = B::float_matmul(B::float_transpose(hidden.clone()), dz_block);
-                let updated = B::float_add(columns_of::<B>(&weight_grad, &block), part);
-                let columns = [Slice::full(), Slice::from(block)];
-                B::float_slice_assign(weight_grad, &columns, updated)
-            }
-        };
-    }
-    weight_grad
+        })
+        .collect();
+    let value = if first {
+        value
+    } else {
+        B::float_add(B::float_slice(tensor.clone(), &slices), value)
+    };
+    B::float_slice_assign(tensor, &slices, value)
 }
 
 fn zeros_like<B: Backend>(tensor: &FloatTensor<B>) -> FloatTensor<B> {
@@ -175,6 +201,12 @@ fn zeros_like<B: Backend>(tensor: &FloatTensor<B>) -> FloatTensor<B> {
 
 /// `[∂/∂hidden [N, H], ∂/∂weight (its layout), ∂/∂bias [V]]` for the upstream gradient
 /// `grad [N, K]`, each computed only when asked for.
+///
+/// Tiled as TRL 1.16's backward is: for each token block `h_t` and vocabulary block `v`, the
+/// logits tile `z = h_t W_vᵀ (+ b_v)` is recomputed, turned into `dz` by the kernels (the
+/// row stats of the forward make it elementwise), and
+/// `dh_t += dz W_v`, `dW_v (+)= dzᵀ h_t`, `db_v (+)= Σ_rows dz`. Each block of the weight
+/// gradient is written once per token block, not once per row chunk.
 pub(crate) fn backward<B: TokenLogpKernels>(
     saved: Saved<B>,
     grad: FloatTensor<B>,
@@ -182,8 +214,11 @@ pub(crate) fn backward<B: TokenLogpKernels>(
 ) -> [Option<FloatTensor<B>>; 3] {
     let [rows, _] = dims2(&saved.hidden.shape());
     let layout = saved.head.layout;
-    let view = head_view::<B>(&saved.weight, layout);
+    let view = head_view::<B>(&saved.weight, layout); // [H, V]
+    let [_, vocab] = dims2(&view.shape());
     let view_t = B::float_transpose(view.clone()); // [V, H], for dh = dz · headᵀ
+    let (token_block, vocab_block) =
+        tile_sizes(rows, vocab, saved.head.chunk_rows.saturating_mul(vocab));
     let mut hidden_grads = Vec::new();
     let mut weight_grad = want_weight.then(|| zeros_like::<B>(&saved.weight));
     let mut bias_grad = saved
@@ -191,36 +226,65 @@ pub(crate) fn backward<B: TokenLogpKernels>(
         .as_ref()
         .filter(|_| want_bias)
         .map(|b| zeros_like::<B>(b));
-    for chunk in row_chunks(rows, saved.head.chunk_rows) {
-        let hidden = rows_of::<B>(&saved.hidden, &chunk);
-        let logits = chunk_logits::<B>(hidden.clone(), &view, saved.bias.as_ref());
+    // The weight gradient's vocabulary axis.
+    let weight_dim = match layout {
+        HeadLayout::VocabHidden => 0,
+        HeadLayout::HiddenVocab => 1,
+    };
+    for (t, tokens) in row_chunks(rows, token_block).enumerate() {
+        let hidden = rows_of::<B>(&saved.hidden, &tokens);
         let stats = RowStats {
-            max: rows_of::<B>(&saved.stats.max, &chunk),
-            log_sum: rows_of::<B>(&saved.stats.log_sum, &chunk),
+            max: rows_of::<B>(&saved.stats.max, &tokens),
+            log_sum: rows_of::<B>(&saved.stats.log_sum, &tokens),
             entropy: saved
                 .stats
                 .entropy
                 .as_ref()
-                .map(|h| rows_of::<B>(h, &chunk)),
+                .map(|h| rows_of::<B>(h, &tokens)),
         };
-        let dlogits = B::token_logps_backward(
-            logits,
-            targets_of::<B>(&saved.targets, &chunk),
-            stats,
-            rows_of::<B>(&grad, &chunk),
-            saved.head.spec,
-        );
-        if want_hidden {
-            hidden_grads.push(B::float_matmul(dlogits.clone(), view_t.clone()));
+        let targets = targets_of::<B>(&saved.targets, &tokens);
+        let grad = rows_of::<B>(&grad, &tokens);
+        let mut hidden_grad: Option<FloatTensor<B>> = None;
+        for columns in row_chunks(vocab, vocab_block) {
+            let bias = saved.bias.as_ref().map(|b| rows_of::<B>(b, &columns));
+            let logits = chunk_logits::<B>(
+                hidden.clone(),
+                &columns_of::<B>(&view, &columns),
+                bias.as_ref(),
+            );
+            let dlogits = B::token_logps_backward(
+                logits,
+                tile_targets::<B>(targets.clone(), &columns),
+                stats.clone(),
+                grad.clone(),
+                saved.head.spec,
+            );
+            if want_hidden {
+                let part = B::float_matmul(dlogits.clone(), rows_of::<B>(&view_t, &columns));
+                hidden_grad = Some(match hidden_grad {
+                    Some(sum) => B::float_add(sum, part),
+                    None => part,
+                });
+            }
+            if let Some(sum) = bias_grad {
+                let [_, width] = dims2(&dlogits.shape());
+                let part =
+                    B::float_reshape(B::float_sum_dim(dlogits.clone(), 0), Shape::new([width]));
+                bias_grad = Some(write_block::<B>(sum, 0, &columns, part, t == 0));
+            }
+            if let Some(sum) = weight_grad {
+                let part = match layout {
+                    HeadLayout::VocabHidden => {
+                        B::float_matmul(B::float_transpose(dlogits), hidden.clone())
+                    }
+                    HeadLayout::HiddenVocab => {
+                        B::float_matmul(B::float_transpose(hidden.clone()), dlogits)
+                    }
+                };
+                weight_grad = Some(write_block::<B>(sum, weight_dim, &columns, part, t == 0));
+            }
         }
-        if let Some(sum) = bias_grad {
-            let [_, vocab] = dims2(&dlogits.shape());
-            let part = B::float_reshape(B::float_sum_dim(dlogits.clone(), 0), Shape::new([vocab]));
-            bias_grad = Some(B::float_add(sum, part));
-        }
-        if let Some(sum) = weight_grad {
-            weight_grad = Some(accumulate_weight_grad::<B>(sum, &dlogits, &hidden, layout));
-        }
+        hidden_grads.extend(hidden_grad);
     }
     let hidden_grad = want_hidden.then(|| B::float_cat(hidden_grads, 0));
     [hidden_grad, weight_grad, bias_grad]
@@ -289,4 +353,109 @@ pub(crate) fn token_logps(
         out,
         IndexingUpdateOp::Add,
     ))
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::{Flex, TensorData, ops::FloatTensorOps, ops::IntTensorOps, read_sync};
+
+    use super::*;
+    use crate::fused::{Extras, Spec, Transform, composed};
+
+    fn floats(values: Vec<f32>, shape: [usize; 2]) -> FloatTensor<Flex> {
+        Flex::float_from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    fn read(tensor: FloatTensor<Flex>) -> Vec<f32> {
+        let data = read_sync(Flex::float_into_data(tensor)).expect("readable");
+        data.iter::<f32>().collect()
+    }
+
+    /// The backward of a block of columns, with the block's targets from `tile_targets`, is
+    /// that block of the whole rows' backward, on the CPU kernels and on the composed
+    /// fallback: targets inside, before and after the block, an invalid row, the entropy's
+    /// gradient and a softcap.
+    #[test]
+    fn a_column_block_backward_is_that_block_of_the_row_backward() {
+        let (n, v) = (4, 23);
+        let logits: Vec<f32> = (0..n * v)
+            .map(|i| ((i * 37 + 11) % 29) as f32 / 4.0 - 3.5)
+            .collect();
+        let targets = vec![3i64, 0, super::super::INVALID, 22];
+        let spec = Spec {
+            transform: Transform {
+                scale: 1.1,
+                softcap: Some(5.0),
+                inv_temperature: 1.25,
+            },
+            extras: Extras {
+                entropy: true,
+                ..Extras::default()
+            },
+        };
+        let device = Default::default();
+        let ints = |t: Vec<i64>| Flex::int_from_data(TensorData::new(t, [n]), &device);
+        let grad = floats(vec![1.0, -0.5, 2.0, 0.75, 0.3, -0.2, 0.1, 0.4], [n, 2]);
+        let z = floats(logits.clone(), [n, v]);
+        let (_, stats) = Flex::token_logps_forward(z.clone(), ints(targets.clone()), spec);
+        type Backward = fn(
+            FloatTensor<Flex>,
+            IntTensor<Flex>,
+            RowStats<Flex>,
+            FloatTensor<Flex>,
+            Spec,
+        ) -> FloatTensor<Flex>;
+        let implementations: [(&str, Backward); 2] = [
+            ("kernels", Flex::token_logps_backward),
+            ("composed", composed::backward::<Flex>),
+        ];
+        for (name, backward) in implementations {
+            let whole = read(backward(
+                z.clone(),
+                ints(targets.clone()),
+                stats.clone(),
+                grad.clone(),
+                spec,
+            ));
+            assert!(whole.iter().any(|&d| d != 0.0), "{name}");
+            for columns in [0..7, 7..16, 16..23] {
+                let tile = read(backward(
+                    columns_of::<Flex>(&z, &columns),
+                    tile_targets::<Flex>(ints(targets.clone()), &columns),
+                    stats.clone(),
+                    grad.clone(),
+                    spec,
+                ));
+                let width = columns.len();
+                for row in 0..n {
+                    let want = &whole[row * v + columns.start..row * v + columns.end];
+                    let got = &tile[row * width..(row + 1) * width];
+                    for (c, (&g, &w)) in got.iter().zip(want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                            "{name} row {row} column {}: {g} vs {w}",
+                            columns.start + c
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_stay_within_the_forward_chunk() {
+        for (rows, vocab, chunk_rows) in
+            [(10, 37, 1), (2048, 128_256, 256), (5000, 50, 3), (0, 9, 4)]
+        {
+            let budget = chunk_rows * vocab;
+            let (tokens, columns) = tile_sizes(rows, vocab, budget);
+            assert!(
+                tokens * columns <= budget.max(1),
+                "{rows} {vocab} {chunk_rows}"
+            );
+            assert!((1..=TOKEN_BLOCK).contains(&tokens) && (1..=vocab).contains(&columns));
+        }
+        // All rows in one token block when they fit: 2048 × 16032 at the 128k vocabulary.
+        assert_eq!(tile_sizes(2048, 128_256, 256 * 128_256), (2048, 16_032));
+    }
 }

@@ -254,11 +254,17 @@ pub(crate) trait TokenLogpKernels: Backend {
     }
 
     /// `dz [N, V]` for the upstream gradient `grad [N, K]` (only the log-prob and entropy
-    /// columns carry one), chained through the transform; zero rows where invalid:
+    /// columns carry one), chained through the transform; zero rows where the target is
+    /// negative ([`INVALID`]):
     ///
     /// ```text
     /// dz'_v = g (1[v = y] − p_v) − g_H p_v (log p_v + H),   dz_v = dz'_v · ∂z'_v/∂z_v
     /// ```
+    ///
+    /// The backward is elementwise given the row stats, so `logits` may be a block of columns
+    /// of the rows the stats came from: a target `y ≥ V` (of the block) marks a valid row
+    /// whose target column lies outside it (no one-hot term). The LM head's backward tiles
+    /// the vocabulary this way.
     fn token_logps_backward(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,

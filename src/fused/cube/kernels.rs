@@ -294,7 +294,8 @@ pub(crate) fn forward_finish<F: Float, I: Int>(
 }
 
 /// `dz [N, V]` in the logits' dtype, `block` columns of one row per cube:
-/// `dz'_v = g (1[v = y] − p_v) − g_H p_v (log p_v + H)`, times `∂z'_v/∂z_v`; 0 on invalid rows.
+/// `dz'_v = g (1[v = y] − p_v) − g_H p_v (log p_v + H)`, times `∂z'_v/∂z_v`; 0 on rows with a
+/// negative target; `y ≥ V` has no one-hot term (its column is outside these logits).
 /// `dz` may be the logits' own buffer (each element is read, then written, by one unit).
 #[cube(launch, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
@@ -328,7 +329,9 @@ pub(crate) fn backward<F: Float, I: Int>(
     let first = (cube % blocks as usize) * block;
     let end = min(first + block, vocab as usize);
     let base = row * vocab as usize;
-    let t = row_target::<I>(targets, row, vocab);
+    // Negative: an invalid row. At or past `vocab`: a valid row whose target column lies
+    // outside this block of the vocabulary (no one-hot term).
+    let t = i32::cast_from(targets[row]);
     let mut c = first + UNIT_POS_X as usize;
     if t < 0 {
         while c < end {
