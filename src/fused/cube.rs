@@ -470,13 +470,15 @@ mod tests {
         }
     }
 
-    fn read(tensor: CubeTensor) -> Vec<f64> {
-        let data = read_sync(CubeBackend::float_into_data(tensor)).expect("readable");
-        data.iter::<f32>().map(f64::from).collect()
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    fn read(tensor: CubeTensor) -> TestResult<Vec<f64>> {
+        let data = read_sync(CubeBackend::float_into_data(tensor))?;
+        Ok(data.iter::<f32>().map(f64::from).collect())
     }
 
     /// Logits as the device holds them (rounded to f16 when asked), read back as f64.
-    fn held(values: &[f32], dtype: DType) -> Vec<f64> {
+    fn held(values: &[f32], dtype: DType) -> TestResult<Vec<f64>> {
         read(floats(values, [1, values.len()], dtype))
     }
 
@@ -536,8 +538,8 @@ mod tests {
                 o[c] = x.iter().sum::<f64>() / v as f64;
             }
             if let Some(c) = cols.top1 {
-                let first = x.iter().position(|&a| a == m).expect("a max");
-                o[c] = f64::from(u8::from(first == y));
+                let first = x.iter().position(|&a| a == m);
+                o[c] = f64::from(u8::from(first == Some(y)));
             }
             let g = grad[n * k];
             let g_h = cols.entropy.map_or(0.0, |c| grad[n * k + c]);
@@ -574,10 +576,10 @@ mod tests {
         dtype: DType,
         keep: bool,
         tol: (f64, f64),
-    ) {
+    ) -> TestResult {
         let k = spec.extras.columns();
         let grad: Vec<f32> = noise(n * k, 1.0, 99);
-        let z = held(logits, dtype);
+        let z = held(logits, dtype)?;
         let grad64: Vec<f64> = grad.iter().map(|&g| f64::from(g)).collect();
         let want = reference(&z, v, targets, &spec, &grad64);
         let before = fused_path_counters();
@@ -585,14 +587,20 @@ mod tests {
         let x = floats(logits, [n, v], dtype);
         let (out, max, log_sum, entropy) =
             CubeBackend::cube_token_logps_forward(x.clone(), ids.clone(), spec);
-        close(&format!("{what}: out"), &read(out), &want.out, tol.0, tol.1);
+        close(
+            &format!("{what}: out"),
+            &read(out)?,
+            &want.out,
+            tol.0,
+            tol.1,
+        );
         let g = floats(&grad, [n, k], DType::F32);
         let kept = keep.then(|| x.clone());
         let dz = CubeBackend::cube_token_logps_backward(x, ids, max, log_sum, entropy, g, spec);
         assert_eq!(dz.dtype, dtype, "{what}: dz has the logits' dtype");
-        close(&format!("{what}: dz"), &read(dz), &want.dz, tol.0, tol.1);
+        close(&format!("{what}: dz"), &read(dz)?, &want.dz, tol.0, tol.1);
         if let Some(kept) = kept {
-            close(&format!("{what}: kept logits"), &read(kept), &z, 0.0, 0.0);
+            close(&format!("{what}: kept logits"), &read(kept)?, &z, 0.0, 0.0);
         }
         let after = fused_path_counters();
         assert_eq!(
@@ -613,25 +621,27 @@ mod tests {
             if keep { (0, 1) } else { (1, 0) },
             "{what}"
         );
+        Ok(())
     }
 
     /// Rows in blocks (what an adapter without 64-bit addresses gets past 2^32 elements),
     /// forced here with blocks of 2 rows.
-    fn check_blocks(spec: Spec) {
+    fn check_blocks(spec: Spec) -> TestResult {
         let (n, v) = (5, 301);
         let logits = noise(n * v, 3.0, 8);
         let targets = [3, -1, 300, 0, 150];
         let k = spec.extras.columns();
         let grad = noise(n * k, 1.0, 9);
         let grad64: Vec<f64> = grad.iter().map(|&g| f64::from(g)).collect();
-        let want = reference(&held(&logits, DType::F32), v, &targets, &spec, &grad64);
+        let want = reference(&held(&logits, DType::F32)?, v, &targets, &spec, &grad64);
         let ids = CubeBackend::int_from_data(TensorData::new(targets.to_vec(), [n]), &device());
         let x = floats(&logits, [n, v], DType::F32);
         let (out, max, log_sum, entropy) = forward_in_blocks(x.clone(), ids.clone(), spec, 2);
-        close("blocks: out", &read(out), &want.out, 1e-5, 1e-7);
+        close("blocks: out", &read(out)?, &want.out, 1e-5, 1e-7);
         let g = floats(&grad, [n, k], DType::F32);
         let dz = backward_in_blocks(x, ids, max, log_sum, entropy, g, spec, 2);
-        close("blocks: dz", &read(dz), &want.dz, 1e-5, 1e-7);
+        close("blocks: dz", &read(dz)?, &want.dz, 1e-5, 1e-7);
+        Ok(())
     }
 
     const ALL: Extras = Extras {
@@ -643,7 +653,7 @@ mod tests {
 
     // One test: the path counters are process wide.
     #[test]
-    fn kernels_match_an_f64_reference() {
+    fn kernels_match_an_f64_reference() -> TestResult {
         let plain = Spec {
             transform: Transform::IDENTITY,
             extras: Extras::default(),
@@ -672,7 +682,7 @@ mod tests {
                 DType::F32,
                 keep,
                 (1e-5, 1e-7),
-            );
+            )?;
             check(
                 "extras",
                 [n, v],
@@ -682,7 +692,7 @@ mod tests {
                 DType::F32,
                 keep,
                 (1e-5, 1e-7),
-            );
+            )?;
         }
         // Few rows, long rows: each row split over several cubes, then combined.
         let (n, v) = (2, 40_000);
@@ -701,7 +711,7 @@ mod tests {
             DType::F32,
             false,
             (1e-5, 1e-8),
-        );
+        )?;
         // ±1e4 logits: the max and log-sum are kept apart in the gradient. (Not the mean: an
         // f32 sum of ±1e4 that cancels to ~0 carries ~1e-4 absolute error by itself.)
         let extreme = Spec {
@@ -723,8 +733,8 @@ mod tests {
             DType::F32,
             false,
             (1e-5, 1e-7),
-        );
-        check_blocks(full);
+        )?;
+        check_blocks(full)?;
         // Every row ignored: zeros everywhere, even over NaN logits.
         let logits = vec![f32::NAN; 3 * 50];
         check(
@@ -736,7 +746,7 @@ mod tests {
             DType::F32,
             false,
             (0.0, 0.0),
-        );
+        )?;
         // f16 read as it is, accumulated in f32: against f64 on the same half values. The
         // gradient is written in f16 (one half ulp is 2^-11 relative).
         if kernel_dtype(&floats(&[0.0], [1, 1], DType::F16)) {
@@ -752,8 +762,9 @@ mod tests {
                     DType::F16,
                     keep,
                     (1e-3, 1e-4),
-                );
+                )?;
             }
         }
+        Ok(())
     }
 }

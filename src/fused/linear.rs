@@ -4,9 +4,9 @@
 //! the same way but compute the gradients during the forward and keep them).
 //!
 //! ```text
-//! forward, per row chunk c:       z_c = h_c Wᵀ + b  [C, V]  →  ℓ_c, extras, row stats
-//! backward, per tile (t, v):      z = h_t W_vᵀ + b_v  [T, V_b] again  →  dz   (token_logps_backward)
-//!                                 dh_t += dz W_v,  dW_v (+)= dzᵀ h_t,  db_v (+)= Σ_rows dz
+//! forward, per row chunk c:   z_c = h_c Wᵀ + b  [C, V]  →  ℓ_c, extras, row stats
+//! backward, per tile (t, v):  z = h_t W_vᵀ + b_v  [T, V_b] again  →  dz  (token_logps_backward)
+//!                             dh_t += dz W_v,  dW_v (+)= dzᵀ h_t,  db_v (+)= Σ_rows dz
 //! ```
 //!
 //! The backward tiles tokens × vocabulary (up to 4096 rows per token block, as TRL 1.16's
@@ -17,8 +17,8 @@
 //! products take a transposed *view* where needed, never a transposed copy.
 //!
 //! At most one `C × V`-element logits chunk or tile and its gradient are alive at a time; the
-//! backward costs one extra `h Wᵀ` product for never holding `[N, V]`. Generic over backend ops, so every
-//! backend with [`TokenLogpKernels`] runs it, on its own kernels for the `[C, V]` part.
+//! backward costs one extra `h Wᵀ` product for never holding `[N, V]`. Generic over backend
+//! ops, so every backend with [`TokenLogpKernels`] runs it, on its own kernels for the logits.
 
 use std::ops::Range;
 
@@ -366,9 +366,11 @@ mod tests {
         Flex::float_from_data(TensorData::new(values, shape), &Default::default())
     }
 
-    fn read(tensor: FloatTensor<Flex>) -> Vec<f32> {
-        let data = read_sync(Flex::float_into_data(tensor)).expect("readable");
-        data.iter::<f32>().collect()
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    fn read(tensor: FloatTensor<Flex>) -> TestResult<Vec<f32>> {
+        let data = read_sync(Flex::float_into_data(tensor))?;
+        Ok(data.iter::<f32>().collect())
     }
 
     /// The backward of a block of columns, with the block's targets from `tile_targets`, is
@@ -376,7 +378,7 @@ mod tests {
     /// fallback: targets inside, before and after the block, an invalid row, the entropy's
     /// gradient and a softcap.
     #[test]
-    fn a_column_block_backward_is_that_block_of_the_row_backward() {
+    fn a_column_block_backward_is_that_block_of_the_row_backward() -> TestResult {
         let (n, v) = (4, 23);
         let logits: Vec<f32> = (0..n * v)
             .map(|i| ((i * 37 + 11) % 29) as f32 / 4.0 - 3.5)
@@ -416,7 +418,7 @@ mod tests {
                 stats.clone(),
                 grad.clone(),
                 spec,
-            ));
+            ))?;
             assert!(whole.iter().any(|&d| d != 0.0), "{name}");
             for columns in [0..7, 7..16, 16..23] {
                 let tile = read(backward(
@@ -425,8 +427,9 @@ mod tests {
                     stats.clone(),
                     grad.clone(),
                     spec,
-                ));
+                ))?;
                 let width = columns.len();
+                assert_eq!((whole.len(), tile.len()), (n * v, n * width), "{name}");
                 for row in 0..n {
                     let want = &whole[row * v + columns.start..row * v + columns.end];
                     let got = &tile[row * width..(row + 1) * width];
@@ -440,6 +443,7 @@ mod tests {
                 }
             }
         }
+        Ok(())
     }
 
     #[test]
