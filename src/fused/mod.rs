@@ -322,8 +322,22 @@ pub(crate) enum Path {
     CubeForward = 5,
 }
 
+thread_local! {
+    /// The same counts for the calling thread only: the library's own tests run in parallel in
+    /// one process, so a test that asserts exact changes reads these, which no other test bumps.
+    static THREAD_COUNTERS: [std::cell::Cell<u64>; 6] = const { [const { std::cell::Cell::new(0) }; 6] };
+}
+
 pub(crate) fn count(path: Path) {
     COUNTERS[path as usize].fetch_add(1, Ordering::Relaxed);
+    THREAD_COUNTERS.with(|c| c[path as usize].set(c[path as usize].get() + 1));
+}
+
+/// [`fused_path_counters`] of the calling thread alone (the op counts on the thread that runs
+/// it: the caller's, for the plain CPU and CubeCL backends the library's tests use).
+#[cfg(test)]
+pub(crate) fn thread_path_counters() -> FusedPathCounters {
+    THREAD_COUNTERS.with(|c| FusedPathCounters::from_fn(|path| c[path as usize].get()))
 }
 
 /// Calls of each implementation of the fused log-prob op since the process started, process
@@ -351,13 +365,42 @@ pub struct FusedPathCounters {
 /// The current [`FusedPathCounters`].
 #[doc(hidden)]
 pub fn fused_path_counters() -> FusedPathCounters {
-    let read = |path: Path| COUNTERS[path as usize].load(Ordering::Relaxed);
-    FusedPathCounters {
-        kernel_forward: read(Path::KernelForward),
-        composed_forward: read(Path::ComposedForward),
-        in_place_backward: read(Path::InPlaceBackward),
-        copying_backward: read(Path::CopyingBackward),
-        composed_backward: read(Path::ComposedBackward),
-        cube_forward: read(Path::CubeForward),
+    FusedPathCounters::from_fn(|path| COUNTERS[path as usize].load(Ordering::Relaxed))
+}
+
+impl FusedPathCounters {
+    fn from_fn(read: impl Fn(Path) -> u64) -> Self {
+        Self {
+            kernel_forward: read(Path::KernelForward),
+            composed_forward: read(Path::ComposedForward),
+            in_place_backward: read(Path::InPlaceBackward),
+            copying_backward: read(Path::CopyingBackward),
+            composed_backward: read(Path::ComposedBackward),
+            cube_forward: read(Path::CubeForward),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Path, count, fused_path_counters, thread_path_counters};
+
+    /// What made the CubeCL unit test flaky: another test of the same binary, running the CPU
+    /// kernels in parallel, bumped the process-wide counts between its two reads. The calling
+    /// thread's counts see only its own calls.
+    #[test]
+    fn another_threads_calls_leave_this_threads_counts_alone() {
+        let (mine, all) = (thread_path_counters(), fused_path_counters());
+        std::thread::spawn(|| count(Path::CopyingBackward))
+            .join()
+            .map_err(|_| "the counting thread panicked")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(thread_path_counters(), mine);
+        assert!(fused_path_counters().copying_backward > all.copying_backward);
+        count(Path::InPlaceBackward);
+        assert_eq!(
+            thread_path_counters().in_place_backward,
+            mine.in_place_backward + 1
+        );
     }
 }
