@@ -1,31 +1,26 @@
 //! Input validation shared by every public function.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::error::{PreferenceError, Result};
 
-static VALUE_CHECKS: AtomicBool = AtomicBool::new(true);
-
-/// Turns on or off, process wide, the input checks that read tensor *values* back to the
-/// host: labels outside the vocabulary ([`strict_labels`](crate::SequenceLogpsConfig::strict_labels)),
-/// masks that are not 0/1, soft labels outside `[0, 1]`, negative or non-finite lengths.
-/// Each costs a device-to-host read, which on a GPU waits for the queued work; a training loop
-/// whose data pipeline is already validated can turn them off so that a step never waits on
-/// the host. Shapes, devices, dtypes and hyper-parameters are checked either way (from
-/// metadata only). On by default.
-///
-/// With the checks off, bad values are not reported: out-of-vocabulary labels count as
-/// ignored, a mask value other than 1 as masked out, and out-of-range soft labels or lengths
-/// go into the loss as they are.
-pub fn set_value_checks(enabled: bool) {
-    VALUE_CHECKS.store(enabled, Ordering::Relaxed);
+thread_local! {
+    /// Device-to-host reads made by this crate on the calling thread.
+    static HOST_READS: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Whether the checks of [`set_value_checks`] run (the default) or not.
-pub fn value_checks() -> bool {
-    VALUE_CHECKS.load(Ordering::Relaxed)
+/// How many tensors this crate has read back to the host on the calling thread: every read
+/// outside the CPU kernels goes through this module's `read_*` functions, which count here. A
+/// probe for tests that must observe that a call never waits on the device; not a stable API.
+pub fn host_reads() -> u64 {
+    HOST_READS.with(Cell::get)
+}
+
+fn counted<T>(read: impl FnOnce() -> T) -> T {
+    HOST_READS.with(|n| n.set(n.get() + 1));
+    read()
 }
 
 /// Checks that `tensor` has the `expected` size in every dimension given as `Some`.
@@ -123,12 +118,10 @@ pub(crate) fn read_floats<const D: usize>(
     arg: &'static str,
     tensor: Tensor<D>,
 ) -> Result<Vec<f32>> {
-    tensor
-        .try_into_vec_as::<f32>()
-        .map_err(|e| PreferenceError::Read {
-            arg,
-            reason: e.to_string(),
-        })
+    counted(|| tensor.try_into_vec_as::<f32>()).map_err(|e| PreferenceError::Read {
+        arg,
+        reason: e.to_string(),
+    })
 }
 
 /// Reads an int tensor to the host as `i64`.
@@ -136,21 +129,18 @@ pub(crate) fn read_ints<const D: usize>(
     arg: &'static str,
     tensor: Tensor<D, Int>,
 ) -> Result<Vec<i64>> {
-    tensor
-        .try_into_vec_as::<i64>()
-        .map_err(|e| PreferenceError::Read {
-            arg,
-            reason: e.to_string(),
-        })
+    counted(|| tensor.try_into_vec_as::<i64>()).map_err(|e| PreferenceError::Read {
+        arg,
+        reason: e.to_string(),
+    })
 }
 
 /// Reads a one-element bool tensor (the result of `any()`).
 pub(crate) fn read_flag(arg: &'static str, flag: Tensor<1, Bool>) -> Result<bool> {
-    flag.try_into_scalar::<bool>()
-        .map_err(|e| PreferenceError::Read {
-            arg,
-            reason: e.to_string(),
-        })
+    counted(|| flag.try_into_scalar::<bool>()).map_err(|e| PreferenceError::Read {
+        arg,
+        reason: e.to_string(),
+    })
 }
 
 /// Rejects NaN entries of a float tensor; the values are read once and returned for reuse.

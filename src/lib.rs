@@ -3,31 +3,38 @@
 //! LD-DPO and mixtures), ΨPO, conservative DPO (label smoothing, soft labels), IPO and RRHF,
 //! with reference-free modes and the helpers every trainer needs.
 //!
-//! The modules follow the data: [`logps`] turns logits into sequence log-probs, [`ratios`]
-//! turns those into policy/reference log-ratios, [`loss`] turns a [`PreferenceBatch`] into a
-//! loss, and [`metrics`] reports rewards, accuracies and the KL to the reference. Every
-//! function takes device-generic burn tensors: the same code runs on CPU (flex, ndarray) and
-//! GPU (wgpu), chosen by the [`Device`](burn::tensor::Device) the tensors live on.
+//! The modules follow the data: [`data`] collates token ids into padded or packed batches,
+//! [`logps`] turns logits (or hidden states and the LM head) into sequence log-probs, [`batch`]
+//! holds them as a paired/ranked or unpaired batch, [`loss`] turns a batch into a loss with
+//! one contract ([`loss::PreferenceLoss`]), and [`metrics`] carries what TRL logs, on the
+//! device until one read. Every function takes device-generic burn tensors: the same code runs
+//! on CPU (flex, ndarray) and GPU (wgpu, CUDA), chosen by the
+//! [`Device`](burn::tensor::Device) the tensors live on. The main path is in the [`prelude`]:
 //!
 //! ```
-//! use burn::tensor::{Device, Int, Tensor, TensorData};
-//! use burn_preference::{
-//!     DpoConfig, LogpReduction, PreferenceBatch, PreferenceLoss, SequenceLogpsConfig,
-//! };
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use burn_preference::data::PreferenceExample;
+//! use burn_preference::prelude::*;
 //!
 //! let device = Device::default();
-//! // Two pairs, concatenated as a trainer runs them: chosen rows 0..2, rejected rows 2..4.
-//! let logits = Tensor::<3>::random([4, 6, 32], burn::tensor::Distribution::Default, &device);
-//! let labels = Tensor::<2, Int>::from_data(
-//!     TensorData::new(vec![-100i64, -100, 5, 9, 2, 1,  -100, 3, 3, 8, -100, -100,
-//!                          -100, -100, 7, 7, 1, 0,  -100, 3, 4, 4, 4, -100], [4, 6]),
-//!     &device,
-//! );
-//! let gatherer = SequenceLogpsConfig::new().with_reduction(LogpReduction::Sum).init()?;
-//! let policy = gatherer.forward(logits, labels)?.logps;
-//! let batch = PreferenceBatch::concatenated(policy)?;
-//! let out = DpoConfig::new().with_reference_free(true).init()?.forward(batch)?;
-//! println!("loss {}", out.loss.into_scalar::<f32>());
+//! // Token ids → a padded batch: chosen rows first, then rejected, prompts labelled −100.
+//! let examples = vec![
+//!     PreferenceExample { prompt: vec![1, 2], chosen: vec![5, 9, 2], rejected: vec![3, 3] },
+//!     PreferenceExample { prompt: vec![7], chosen: vec![7, 1], rejected: vec![4, 4, 4] },
+//! ];
+//! let collated = PreferenceCollatorConfig::new().init()?.pad(&examples)?;
+//! let [rows, time] = collated.dims();
+//! // The policy's and the frozen reference's logits over those rows (a model's, in training).
+//! let logits = |seed| Tensor::<3>::random([rows, time, 32], Distribution::Normal(0.0, seed), &device);
+//! let gatherer = SequenceLogpsConfig::new().init()?;
+//! let policy = gatherer.forward(logits(1.0), collated.labels(&device), None)?;
+//! let reference = gatherer.forward(logits(0.5), collated.labels(&device), None)?;
+//! let batch = PairedBatch::from_output(policy, collated.layout())?.with_reference_output(reference)?;
+//! let out = DpoConfig::new().with_beta(0.1).init()?.forward(batch)?;
+//! // out.loss.backward() in training; the metrics stay on the device until one read.
+//! for (name, value) in out.metrics.log()? {
+//!     println!("{name}: {value:.4}");
+//! }
 //! # Ok::<(), burn_preference::PreferenceError>(())
 //! ```
 //!
@@ -46,9 +53,15 @@
 //!   sequence's log-prob, and so its loss, NaN. Positions that are not counted (ignored labels,
 //!   masked positions) never contribute, whatever their logits hold: their log-prob is 0 and
 //!   their gradient exactly 0.
-//! - **The opt-in guard** is [`PreferenceBatch::require_finite`]: it reads the `[B, K]`
-//!   sequence log-probs back once and returns [`PreferenceError::NonFinite`] naming the first
-//!   bad `[prompt, candidate]`, so the offending example can be found and skipped.
+//! - **The opt-in guard** is [`PairedBatch::require_finite`](batch::PairedBatch::require_finite)
+//!   (and `UnpairedBatch`'s): it reads the sequence log-probs back once and returns
+//!   [`PreferenceError::NonFinite`] naming the first bad `[prompt, candidate]`, so the
+//!   offending example can be found and skipped.
+//! - **Checks that read values back** (labels in the vocabulary, 0/1 masks, soft labels in
+//!   `[0, 1]`, scores without NaN, lengths `≥ 0`) cost a device-to-host read, which on a GPU
+//!   waits for the queued work. Each config has a `value_checks` switch (on by default): with it
+//!   off, that config's gatherer or loss never reads a tensor back, and bad values go through
+//!   as documented. Shapes, devices and hyper-parameters are checked either way, from metadata.
 //! - **Infinite log-ratios give the mathematical limit**, not NaN: a chosen response the
 //!   reference gives probability 0 (log-ratio `+inf`) has DPO loss 0 and zero gradient; one
 //!   the policy gives probability 0 has loss `+inf`.
@@ -57,45 +70,24 @@
 //!   `f32`'s range give finite values and gradients.
 #![deny(missing_docs)]
 
+pub mod batch;
 mod check;
-pub mod collate;
+pub mod data;
 pub mod error;
 mod fused;
 pub mod logps;
 pub mod loss;
 pub mod metrics;
 mod numerics;
-pub mod packing;
-mod ranking;
-pub mod ratios;
+pub mod prelude;
 
-pub use check::{set_value_checks, value_checks};
-pub use collate::{
-    Collated, Layout, PreferenceCollator, PreferenceCollatorConfig, PreferenceExample,
-    RankedExample,
-};
 pub use error::{PreferenceError, Result};
+
+/// Probes for tests that must observe which path ran; not a stable API.
 #[doc(hidden)]
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-pub use fused::{CpuKernelIsa, cpu_kernel_isa};
-pub use fused::{FusedPathCounters, fused_path_counters};
-pub use logps::{
-    HeadLayout, LmHead, LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput,
-    sequence_logps,
-};
-pub use loss::{
-    BcoConfig, BcoLoss, BcoState, CpoConfig, CpoLoss, CpoLossType, KtoConfig, KtoLoss, KtoLossType,
-    OrpoConfig, OrpoLoss, UnpairedBatch,
-};
-pub use loss::{
-    DpoConfig, DpoLoss, DpoLossType, FDivergence, IpoConfig, PreferenceBatch, PreferenceLoss,
-    PreferenceOutput, Psi, PsiPoConfig, PsiPoLoss, RankLoss, Reduction, RrhfConfig, RrhfLoss,
-};
-pub use metrics::{
-    PreferenceMetrics, TokenKl, categorical_kl, implicit_rewards, preference_accuracy,
-    ranking_accuracy, token_kl,
-};
-pub use packing::Segments;
-pub use ratios::{
-    PairwiseRatios, concatenated_log_ratios, log_ratios, pairwise_log_ratios, split_concatenated,
-};
+pub mod diagnostics {
+    pub use crate::check::host_reads;
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    pub use crate::fused::{CpuKernelIsa, cpu_kernel_isa};
+    pub use crate::fused::{FusedPathCounters, fused_path_counters};
+}

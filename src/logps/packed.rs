@@ -4,9 +4,9 @@
 
 use burn::tensor::{Bool, Int, Tensor};
 
-use super::{LogpReduction, SequenceLogps, SequenceLogpsOutput};
+use super::{LmHead, LogpReduction, SequenceLogps, SequenceLogpsOutput};
+use crate::data::Segments;
 use crate::error::{self, PreferenceError};
-use crate::packing::Segments;
 
 impl SequenceLogps {
     /// Sequence log-probs of packed rows: `logits [R, T, V]` and `labels [R, T]` hold several
@@ -21,7 +21,8 @@ impl SequenceLogps {
     ///
     /// ```
     /// use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-    /// use burn_preference::{Segments, SequenceLogpsConfig};
+    /// use burn_preference::data::Segments;
+    /// use burn_preference::prelude::*;
     ///
     /// let device = Device::default();
     /// let logits = Tensor::<3>::random([1, 8, 11], Distribution::Default, &device);
@@ -38,8 +39,8 @@ impl SequenceLogps {
     /// ```
     ///
     /// # Errors
-    /// As [`forward_masked`](Self::forward_masked), and [`PreferenceError::Shape`] when the
-    /// logits' `[R, T]` is not the segments'.
+    /// As [`forward`](Self::forward), and [`PreferenceError::Shape`] when the logits' `[R, T]`
+    /// is not the segments'.
     ///
     /// # Shapes
     /// - logits: `[R, T, V]`; labels: `[R, T]` (Int)
@@ -52,7 +53,7 @@ impl SequenceLogps {
     ) -> error::Result<SequenceLogpsOutput> {
         segments.check_dims("logits", logits.dims())?;
         let mask = segments.label_mask(self.shift, &logits.device());
-        let rows = self.per_token().forward_masked(logits, labels, mask)?;
+        let rows = self.per_token().forward(logits, labels, Some(mask))?;
         self.unpack(rows, segments)
     }
 
@@ -64,12 +65,13 @@ impl SequenceLogps {
     /// hidden states' `[R, T]` is not the segments'.
     ///
     /// # Shapes
-    /// - hidden: `[R, T, H]`; weight: `[V, H]`; labels: `[R, T]` (Int)
+    /// - hidden: `[R, T, H]`; head: as [`forward_linear`](Self::forward_linear); labels:
+    ///   `[R, T]` (Int)
     /// - output: as [`forward_packed`](Self::forward_packed)
     pub fn forward_linear_packed(
         &self,
         hidden: Tensor<3>,
-        weight: Tensor<2>,
+        head: impl Into<LmHead>,
         labels: Tensor<2, Int>,
         segments: &Segments,
     ) -> error::Result<SequenceLogpsOutput> {
@@ -77,7 +79,7 @@ impl SequenceLogps {
         let mask = segments.label_mask(self.shift, &hidden.device());
         let rows = self
             .per_token()
-            .forward_linear_masked(hidden, weight, labels, mask)?;
+            .forward_linear(hidden, head, labels, Some(mask))?;
         self.unpack(rows, segments)
     }
 

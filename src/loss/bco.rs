@@ -2,11 +2,13 @@
 //! logistic classifier on the implicit reward, with a running reward shift δ.
 
 use burn::config::Config;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
-use super::kto::UnpairedBatch;
+use super::{LossOutput, PreferenceLoss};
+use crate::batch::UnpairedBatch;
 use crate::check;
-use crate::error;
+use crate::error::{self, PreferenceError};
+use crate::metrics::{Metric, Metrics, trl};
 use crate::numerics::softplus;
 
 /// Configuration of [`BcoLoss`]. TRL 1.16 has no BCO trainer (only DPO's `"bco_pair"`); the
@@ -16,6 +18,10 @@ pub struct BcoConfig {
     /// β, in `[1e-8, 1e8]`. Default: `0.1`.
     #[config(default = 0.1)]
     pub beta: f64,
+    /// Check the batch's values, reading them back to the host: labels 0 or 1, finite
+    /// log-probs. `false` never reads a tensor back. Default: `true`.
+    #[config(default = true)]
+    pub value_checks: bool,
 }
 
 impl BcoConfig {
@@ -26,16 +32,28 @@ impl BcoConfig {
     /// `β ∉ [1e-8, 1e8]`.
     pub fn init(&self) -> error::Result<BcoLoss> {
         check::kl_coefficient("beta", self.beta)?;
-        Ok(BcoLoss { beta: self.beta })
+        Ok(BcoLoss {
+            beta: self.beta,
+            value_checks: self.value_checks,
+        })
     }
 }
 
-/// The running reward shift δ of BCO, a value the trainer owns and carries across steps (save it
-/// with a checkpoint): the mean of the batch-mean rewards of every training batch seen so far.
-/// Each batch counts once whatever its size, as earlier TRL's `RunningMoments` did when fed the
-/// batch mean.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+/// The running reward shift δ of BCO, a value the trainer owns and carries across steps: the
+/// mean of the batch-mean rewards of every training batch seen so far. Each batch counts once
+/// whatever its size, as earlier TRL's `RunningMoments` did when fed the batch mean.
+///
+/// δ stays on the device (updating it never reads it back); [`record`](Self::record) reads it
+/// once for a checkpoint and [`from_record`](Self::from_record) restores it.
+#[derive(Debug, Clone, Default)]
 pub struct BcoState {
+    delta: Option<Tensor<1>>,
+    count: u64,
+}
+
+/// A [`BcoState`] on the host, for checkpoints (serde).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct BcoStateRecord {
     /// The shift δ; 0 before the first update.
     pub delta: f64,
     /// The number of batches averaged into δ.
@@ -48,26 +66,68 @@ impl BcoState {
         Self::default()
     }
 
-    /// Folds one training batch's rewards `[N]` into δ: `δ ← δ + (mean(rewards) − δ)/(count + 1)`.
-    /// Call it in training only; [`BcoLoss::forward_train`] does.
+    /// Folds one training batch's rewards `[N]` into δ:
+    /// `δ ← δ + (mean(rewards) − δ)/(count + 1)`, on the device. Call it in training only;
+    /// [`BcoLoss::forward_train`] does.
     ///
     /// # Errors
-    /// [`PreferenceError::Empty`](crate::PreferenceError::Empty) for no rewards,
-    /// [`PreferenceError::NonFinite`](crate::PreferenceError::NonFinite) for a NaN/infinite one.
+    /// [`PreferenceError::Empty`] for no rewards.
     pub fn update(&mut self, rewards: Tensor<1>) -> error::Result<()> {
-        let values = check::read_floats("rewards", rewards.detach())?;
-        check::non_empty("rewards", values.len())?;
-        check::all_finite("rewards", &values, &[values.len()])?;
-        let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
+        check::non_empty("rewards", rewards.dims()[0])?;
+        let mean = rewards.detach().mean();
         self.count += 1;
-        self.delta += (mean - self.delta) / self.count as f64;
+        let weight = 1.0 / self.count as f64;
+        self.delta = Some(match self.delta.take() {
+            None => mean,
+            Some(delta) => {
+                let step = mean.to_device(&delta.device()).sub(delta.clone());
+                delta.add(step.mul_scalar(weight))
+            }
+        });
         Ok(())
+    }
+
+    /// δ `[1]` on `device` (0 before the first update).
+    pub fn delta(&self, device: &Device) -> Tensor<1> {
+        match &self.delta {
+            Some(delta) => delta.clone().to_device(device),
+            None => Tensor::zeros([1], device),
+        }
+    }
+
+    /// The number of batches averaged into δ.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// δ and the count on the host (one read), for a checkpoint.
+    ///
+    /// # Errors
+    /// [`PreferenceError::Read`] when the device read fails.
+    pub fn record(&self) -> error::Result<BcoStateRecord> {
+        let delta = match &self.delta {
+            None => 0.0,
+            Some(delta) => f64::from(check::read_floats("delta", delta.clone())?[0]),
+        };
+        Ok(BcoStateRecord {
+            delta,
+            count: self.count,
+        })
+    }
+
+    /// The state of a checkpoint, with δ on `device`.
+    pub fn from_record(record: BcoStateRecord, device: &Device) -> Self {
+        Self {
+            delta: (record.count > 0).then(|| Tensor::full([1], record.delta, device)),
+            count: record.count,
+        }
     }
 }
 
 /// BCO on an [`UnpairedBatch`] (its KL pairs, if any, are not used).
 ///
-/// With `ℓ = log π − log π_ref` (summed log-probs) and the implicit reward `r = β·ℓ`:
+/// With `ℓ = log π − log π_ref` (summed log-probs), the implicit reward `r = β·ℓ` and the
+/// batch's reward shift δ ([`UnpairedBatch::with_reward_shift`]):
 ///
 /// ```text
 /// desirable:   −logσ(r − δ)    = softplus(−(r − δ))
@@ -78,106 +138,108 @@ impl BcoState {
 /// δ ([`BcoState`]) centres the classifier's logit so that desirable and undesirable rewards are
 /// told apart around the policy's current reward level. In training,
 /// [`forward_train`](Self::forward_train) first folds the batch's mean reward into δ, then
-/// uses it (the order of earlier TRL's BCO trainer); [`forward`](Self::forward) (evaluation)
-/// reads δ without changing it.
+/// uses it (the order of earlier TRL's BCO trainer); for evaluation give the batch the state's
+/// δ as it is and call `forward`.
 ///
 /// Earlier TRL also offered an optional density-ratio classifier over prompt embeddings to
 /// reweight examples (`match_underlying_distribution`); it is not included here.
 ///
+/// Metrics: `delta`, and TRL's `rewards/*`, `logps/*`, `rewards/margins`, `entropy` and
+/// `logits/*` as KTO's.
+///
 /// ```
 /// use burn::tensor::{Device, Distribution, Int, Tensor};
-/// use burn_preference::{BcoConfig, BcoState, SequenceLogpsConfig, UnpairedBatch};
+/// use burn_preference::prelude::*;
 ///
 /// let device = Device::default();
 /// let labels = Tensor::<2, Int>::from_ints([[-100, 3, 4], [-100, 7, 8]], &device);
-/// let gatherer = SequenceLogpsConfig::new().with_return_token_logps(true).init()?;
 /// let logits = Tensor::<3>::random([2, 3, 16], Distribution::Default, &device);
-/// let batch = UnpairedBatch::new(
-///     gatherer.forward(logits, labels)?,
-///     Tensor::from_floats([-5.0, -5.5], &device),
-///     Tensor::from_ints([1, 0], &device),
-/// )?;
+/// let policy = SequenceLogpsConfig::new().init()?.forward(logits, labels, None)?;
+/// let batch = UnpairedBatch::from_output(policy, Tensor::from_ints([1, 0], &device))?
+///     .with_reference(Tensor::from_floats([-5.0, -5.5], &device))?;
+/// let loss = BcoConfig::new().init()?;
 /// let mut state = BcoState::new();
-/// let out = BcoConfig::new().init()?.forward_train(batch, &mut state)?;
-/// assert_eq!(state.count, 1);
+/// let out = loss.forward_train(batch.clone(), &mut state)?;
+/// assert_eq!(state.count(), 1);
 /// assert!(out.loss.into_scalar::<f32>().is_finite());
+/// // Evaluation: the state's δ as it is.
+/// let eval = loss.forward(batch.with_reward_shift(state.delta(&device))?)?;
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 ///
 /// # Shapes
-/// - input: an [`UnpairedBatch`] of `N` examples
-/// - output: `loss [1]`, `losses [N]`, `rewards [N]`
+/// - input: an [`UnpairedBatch`] of `N` examples with a reference and a reward shift
+/// - output: `loss [1]`, `losses [N]`
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BcoLoss {
     beta: f64,
-}
-
-/// What [`BcoLoss`] returns.
-#[derive(Debug, Clone)]
-pub struct BcoOutput {
-    /// The mean of `losses` `[1]`. Call `backward()` on it.
-    pub loss: Tensor<1>,
-    /// The loss of each example `[N]`, in batch order.
-    pub losses: Tensor<1>,
-    /// `β·ℓ` of each example `[N]`, detached.
-    pub rewards: Tensor<1>,
-    /// The δ the loss used.
-    pub delta: f64,
-    batch: UnpairedBatch,
-}
-
-impl BcoOutput {
-    /// The metrics under earlier TRL BCO's names: `delta`, and `rewards/*`, `logps/*`,
-    /// `rewards/margins` (each only where the batch has that side), `entropy` and `logits/*`
-    /// when the gather carried them.
-    ///
-    /// # Errors
-    /// [`PreferenceError::Read`](crate::PreferenceError::Read) when a tensor cannot be read
-    /// back from the device.
-    pub fn metrics(&self) -> error::Result<Vec<(&'static str, f64)>> {
-        let mut metrics = vec![("delta", self.delta)];
-        metrics.extend(self.batch.side_metrics(&self.rewards)?);
-        Ok(metrics)
-    }
+    value_checks: bool,
 }
 
 impl BcoLoss {
-    /// The loss with the shift `state.delta` as it is (evaluation).
-    ///
-    /// # Errors
-    /// None beyond the batch's own checks; the `Result` keeps the signature of the other
-    /// losses.
-    pub fn forward(&self, batch: UnpairedBatch, state: &BcoState) -> error::Result<BcoOutput> {
-        let rewards = batch.log_ratios().mul_scalar(self.beta);
-        Ok(self.with_delta(batch, rewards, state.delta))
-    }
-
     /// The training step: folds this batch's mean reward into `state`, then computes the loss
-    /// with the updated δ.
+    /// with the updated δ. Nothing is read back to the host with `value_checks` off.
     ///
     /// # Errors
-    /// As [`BcoState::update`].
+    /// As [`PreferenceLoss::forward`].
     pub fn forward_train(
         &self,
         batch: UnpairedBatch,
         state: &mut BcoState,
-    ) -> error::Result<BcoOutput> {
-        let rewards = batch.log_ratios().mul_scalar(self.beta);
-        state.update(rewards.clone())?;
-        Ok(self.with_delta(batch, rewards, state.delta))
+    ) -> error::Result<LossOutput> {
+        if self.value_checks {
+            batch.check_values()?;
+        }
+        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
+        state.update(rewards)?;
+        let device = batch.policy.device();
+        self.loss(batch.with_reward_shift(state.delta(&device))?)
     }
 
-    fn with_delta(&self, batch: UnpairedBatch, rewards: Tensor<1>, delta: f64) -> BcoOutput {
-        let centred = rewards.clone().sub_scalar(delta);
+    fn loss(&self, batch: UnpairedBatch) -> error::Result<LossOutput> {
+        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
+        let delta = batch
+            .reward_shift
+            .clone()
+            .ok_or(PreferenceError::MissingInput {
+                loss: "BCO",
+                arg: "reward_shift",
+                why: "the classifier's logit is the reward minus the running shift δ: use \
+                      `BcoLoss::forward_train` with a `BcoState`, or give the batch \
+                      `with_reward_shift(state.delta(&device))`",
+            })?;
+        let [n] = rewards.dims();
+        let centred = rewards.clone().sub(delta.clone().expand([n]));
         let desirable = softplus(centred.clone().neg());
         let undesirable = softplus(centred);
-        let losses = undesirable.mask_where(batch.desirable_mask.clone(), desirable);
-        BcoOutput {
-            loss: losses.clone().mean(),
-            losses,
-            rewards: rewards.detach(),
-            delta,
-            batch,
+        let mask = batch.desirable_mask();
+        let losses = undesirable.mask_where(mask.clone(), desirable);
+        let metrics = Metrics::new()
+            .with("delta", Metric::mean(delta))
+            .merge(trl::unpaired(
+                rewards.detach(),
+                batch.policy.clone(),
+                mask,
+                batch.tokens.as_deref(),
+            ));
+        Ok(LossOutput::new(losses, metrics))
+    }
+}
+
+impl PreferenceLoss for BcoLoss {
+    type Batch = UnpairedBatch;
+
+    /// The loss with the batch's reward shift as it is (evaluation).
+    ///
+    /// # Errors
+    /// [`PreferenceError::MissingInput`] without a reference or a reward shift;
+    /// [`PreferenceError::InvalidValue`] for log-probs not gathered as sums; with
+    /// `value_checks`, [`PreferenceError::InvalidValue`] for a label other than 0 or 1 and
+    /// [`PreferenceError::NonFinite`] for a NaN/infinite log-prob.
+    fn forward(&self, batch: UnpairedBatch) -> error::Result<LossOutput> {
+        if self.value_checks {
+            batch.check_values()?;
         }
+        self.loss(batch)
     }
 }

@@ -8,11 +8,13 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::nll::{pair_count, token_logps_of, token_mean_nll};
-use super::{margin, squared};
+use super::formulas::nll::token_mean_nll;
+use super::formulas::{margin, squared};
+use super::{LossOutput, PreferenceLoss};
+use crate::batch::PairedBatch;
 use crate::check;
 use crate::error::{self, PreferenceError};
-use crate::logps::SequenceLogpsOutput;
+use crate::metrics::{Metric, trl};
 use crate::numerics::expm1;
 
 /// TRL's `CPOConfig.loss_type`; (de)serialises as TRL's strings.
@@ -109,6 +111,11 @@ pub struct CpoConfig {
     /// Default: `0.0`.
     #[config(default = 0.0)]
     pub alpha: f64,
+    /// Check the batch's values, reading them back to the host: every sequence has a
+    /// completion token, finite log-probs, AlphaPO rewards within [`ALPHAPO_MAX_SCALE`].
+    /// `false` never reads a tensor back. Not a TRL key. Default: `true`.
+    #[config(default = true)]
+    pub value_checks: bool,
 }
 
 impl CpoConfig {
@@ -140,20 +147,22 @@ impl CpoConfig {
             cpo_alpha,
             simpo_gamma: self.simpo_gamma,
             alpha: self.alpha,
+            value_checks: self.value_checks,
         })
     }
 }
 
 /// The largest `β·|r|` and `β·p^{−α}` (the AlphaPO reward and its derivative's factor) that
-/// [`CpoLoss::forward`] accepts: beyond it the `f32` preference term or its gradient can
+/// [`CpoLoss`] accepts with `value_checks`: beyond it the `f32` preference term or its gradient can
 /// overflow, so the input is refused instead of returning `inf`/NaN.
 pub const ALPHAPO_MAX_SCALE: f64 = 1e30;
 
-/// CPO / SimPO / AlphaPO on a concatenated batch of `B` chosen then `B` rejected sequences.
+/// CPO / SimPO / AlphaPO on a pairwise [`PairedBatch`].
 ///
 /// With `s` each sequence's log-prob (the **sum** of its completion-token log-probs for
-/// `sigmoid`/`hinge`, the **token mean** for `ipo`/`simpo`; the loss forms both itself from the
-/// gatherer's per-token log-probs, so the gatherer's reduction does not matter),
+/// `sigmoid`/`hinge`, the **token mean** `sum / length` for `ipo`/`simpo`; the batch holds sums
+/// and lengths, as [`PairedBatch::from_output`] builds it from a gatherer with the default
+/// [`LogpReduction::Sum`](crate::logps::LogpReduction::Sum)),
 ///
 /// ```text
 /// r = s                                   (α = 0)
@@ -163,38 +172,43 @@ pub const ALPHAPO_MAX_SCALE: f64 = 1e30;
 /// simpo:   the same with x − γ/β
 /// hinge:   relu(1 − βx)
 /// ipo:     (x − 1/(2β))²
-/// loss = mean_b(per-pair loss) + cpo_alpha·NLL(chosen completion tokens, token mean)
+/// losses_b = per-pair loss + cpo_alpha·NLL(chosen completion tokens, token mean)
+/// loss = mean_b losses_b
 /// ```
 ///
 /// Rewards (metrics) are `β·r`, detached. The NLL is [`token_mean_nll`] over the chosen rows'
-/// valid tokens, 0 when `cpo_alpha = 0`.
+/// valid tokens (it needs the batch's per-token log-probs: a gatherer with
+/// `return_token_logps`), 0 when `cpo_alpha = 0`. Metrics: TRL's `rewards/*`, `logps/*` and
+/// `nll_loss`; TRL's `logits/chosen|rejected` (means of raw logits) are not computed: the fused
+/// LM head never builds those logits.
 ///
 /// The AlphaPO reward is computed with an `expm1` that is accurate near `s = 0`; for
-/// `α > 0` and very negative `s`, `p^{−α}` overflows: when `β·p^{−α}` or `β·|r|` of a sequence
-/// exceeds [`ALPHAPO_MAX_SCALE`] the forward returns [`PreferenceError::NonFinite`] rather
-/// than an infinite loss (at `β = 0.1`, `α = 0.5` allows `s` down to about −140, `α = 0.01` to
-/// about −6700).
+/// `α > 0` and very negative `s`, `p^{−α}` overflows: with `value_checks`, a sequence whose
+/// `β·p^{−α}` or `β·|r|` exceeds [`ALPHAPO_MAX_SCALE`] is [`PreferenceError::NonFinite`]
+/// rather than an infinite loss (at `β = 0.1`, `α = 0.5` allows `s` down to about −140,
+/// `α = 0.01` to about −6700).
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Int, Tensor};
-/// use burn_preference::{CpoConfig, CpoLossType, SequenceLogpsConfig};
+/// use burn_preference::data::BatchLayout;
+/// use burn_preference::prelude::*;
 ///
 /// let device = Device::default();
 /// // One pair: row 0 chosen, row 1 rejected; -100 marks the prompt.
 /// let logits = Tensor::<3>::random([2, 5, 16], Distribution::Default, &device);
 /// let labels = Tensor::<2, Int>::from_ints([[-100, -100, 3, 4, 5], [-100, -100, 7, 8, -100]], &device);
 /// let gatherer = SequenceLogpsConfig::new().with_return_token_logps(true).init()?;
-/// let policy = gatherer.forward(logits, labels)?;
+/// let policy = gatherer.forward(logits, labels, None)?;
+/// let batch = PairedBatch::from_output(policy, BatchLayout::ChosenFirst { pairs: 1 })?;
 /// let simpo = CpoConfig::new().with_loss_type(CpoLossType::Simpo).with_beta(2.0).init()?;
-/// let out = simpo.forward(policy)?;
+/// let out = simpo.forward(batch)?;
 /// assert!(out.loss.into_scalar::<f32>().is_finite());
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 ///
 /// # Shapes
-/// - policy: a [`SequenceLogpsOutput`] of `2B` rows (chosen `0..B`, rejected `B..2B`) with
-///   `token_logps`
-/// - output: `loss [1]`, `losses [B]`, rewards and log-probs `[B]`, `nll [1]`
+/// - input: a [`PairedBatch`] `[B, 2]` with lengths, and per-token log-probs for the NLL
+/// - output: `loss [1]`, `losses [B]`
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpoLoss {
     beta: f64,
@@ -203,46 +217,7 @@ pub struct CpoLoss {
     cpo_alpha: f64,
     simpo_gamma: f64,
     alpha: f64,
-}
-
-/// What [`CpoLoss::forward`] returns.
-#[derive(Debug, Clone)]
-pub struct CpoOutput {
-    /// `mean(losses) + cpo_alpha·nll` `[1]`. Call `backward()` on it.
-    pub loss: Tensor<1>,
-    /// The preference term of each pair `[B]`.
-    pub losses: Tensor<1>,
-    /// The NLL of the chosen completion tokens `[1]` (0 when `cpo_alpha = 0`).
-    pub nll: Tensor<1>,
-    /// `β·r` of the chosen sequences `[B]`, detached.
-    pub rewards_chosen: Tensor<1>,
-    /// `β·r` of the rejected sequences `[B]`, detached.
-    pub rewards_rejected: Tensor<1>,
-    /// The sequence log-probs the loss used (sums or token means) of the chosen `[B]`,
-    /// detached.
-    pub logps_chosen: Tensor<1>,
-    /// The same for the rejected `[B]`.
-    pub logps_rejected: Tensor<1>,
-}
-
-impl CpoOutput {
-    /// The metrics under TRL's names: `rewards/chosen`, `rewards/rejected`,
-    /// `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`, `nll_loss`
-    /// (batch means). TRL's `logits/chosen|rejected` (the mean of the raw `[B, T, V]` logits)
-    /// are not among them: the fused LM head never builds those logits.
-    ///
-    /// # Errors
-    /// [`PreferenceError::Read`] when a tensor cannot be read back from the device.
-    pub fn metrics(&self) -> error::Result<Vec<(&'static str, f64)>> {
-        let pairs = pair_metrics(
-            &self.rewards_chosen,
-            &self.rewards_rejected,
-            &self.logps_chosen,
-            &self.logps_rejected,
-        )?;
-        let nll = mean_of(check::read_floats("nll", self.nll.clone())?);
-        Ok([pairs, vec![("nll_loss", nll)]].concat())
-    }
+    value_checks: bool,
 }
 
 impl CpoLoss {
@@ -255,33 +230,53 @@ impl CpoLoss {
     pub fn cpo_alpha(&self) -> f64 {
         self.cpo_alpha
     }
+}
 
-    /// Computes the loss of a concatenated batch.
-    ///
+impl PreferenceLoss for CpoLoss {
+    type Batch = PairedBatch;
+
     /// # Errors
-    /// - [`PreferenceError::MissingInput`] when `policy` has no `token_logps`.
-    /// - [`PreferenceError::Shape`] for an odd number of rows.
-    /// - [`PreferenceError::Empty`] for no rows, or a sequence without completion tokens.
-    /// - [`PreferenceError::NonFinite`] for a NaN/infinite sequence log-prob, or an AlphaPO
-    ///   reward beyond [`ALPHAPO_MAX_SCALE`].
-    pub fn forward(&self, policy: SequenceLogpsOutput) -> error::Result<CpoOutput> {
-        let (logps, pairs) = completion_logps("CPO", &policy, self.loss_type.token_mean())?;
+    /// - [`PreferenceError::Shape`] for a ranked batch (CPO reads pairs, chosen first).
+    /// - [`PreferenceError::MissingInput`] without lengths (`ipo`, `simpo`), or without
+    ///   per-token log-probs when `cpo_alpha > 0`.
+    /// - [`PreferenceError::InvalidValue`] for log-probs not gathered as sums.
+    /// - With `value_checks`: [`PreferenceError::Empty`] for a sequence without completion
+    ///   tokens, [`PreferenceError::NonFinite`] for a NaN/infinite sequence log-prob or an
+    ///   AlphaPO reward beyond [`ALPHAPO_MAX_SCALE`].
+    fn forward(&self, batch: PairedBatch) -> error::Result<LossOutput> {
+        batch.require_pairs("CPO")?;
+        batch.require_sums("CPO")?;
+        let token_mean = self.loss_type.token_mean();
+        let logps = if token_mean {
+            let why = "ipo and simpo use token-mean log-probs: build the batch with \
+                       `PairedBatch::from_output` or add `with_lengths`";
+            batch.policy.clone().div(batch.lengths("CPO", why)?)
+        } else {
+            batch.policy.clone()
+        };
+        if self.value_checks {
+            batch.check_values()?;
+            check_sequences(&batch, &logps)?;
+        }
         let rewards = if self.alpha == 0.0 {
             logps.clone()
         } else {
-            let values = check::read_floats("policy logps", logps.clone())?;
-            check_alphapo(&values, self.alpha, self.beta)?;
+            if self.value_checks {
+                let values = check::read_floats("policy logps", rows(&logps))?;
+                check_alphapo(&values, self.alpha, self.beta)?;
+            }
             expm1(logps.clone().mul_scalar(-self.alpha))
                 .neg()
                 .div_scalar(self.alpha)
         };
-        let chosen = rewards.clone().narrow(0, 0, pairs);
-        let rejected = rewards.clone().narrow(0, pairs, pairs);
+        let [pairs, _] = rewards.dims();
+        let chosen = rewards.clone().narrow(1, 0, 1).reshape([pairs]);
+        let rejected = rewards.clone().narrow(1, 1, 1).reshape([pairs]);
         let x = chosen.sub(rejected);
         let beta = self.beta;
         let eps = self.label_smoothing;
         // The same per-pair functions as the DPO family's (one implementation per formula).
-        let losses = match self.loss_type {
+        let mut losses = match self.loss_type {
             CpoLossType::Sigmoid => margin::sigmoid(x.mul_scalar(beta), eps),
             CpoLossType::Simpo | CpoLossType::Alphapo => {
                 margin::sigmoid(x.mul_scalar(beta).sub_scalar(self.simpo_gamma), eps)
@@ -293,28 +288,44 @@ impl CpoLoss {
         let nll = if self.cpo_alpha == 0.0 {
             Tensor::<1>::zeros([1], &device)
         } else {
-            let token = token_logps_of("CPO", "policy.token_logps", &policy)?;
-            token_mean_nll(
+            let why = "the NLL term reads the chosen completions' tokens: build the batch with \
+                       `PairedBatch::from_output` from a gatherer with `return_token_logps`, or \
+                       set `cpo_alpha = 0`";
+            let side = batch.policy_tokens("CPO", why)?;
+            let token = side.token_logps("CPO", why)?;
+            let nll = token_mean_nll(
                 token.narrow(0, 0, pairs),
-                policy.valid.clone().narrow(0, 0, pairs),
-            )?
+                side.valid.clone().narrow(0, 0, pairs),
+            )?;
+            losses = losses.add(nll.clone().mul_scalar(self.cpo_alpha).expand([pairs]));
+            nll
         };
-        let loss = losses
-            .clone()
-            .mean()
-            .add(nll.clone().mul_scalar(self.cpo_alpha));
         let rewards = rewards.detach().mul_scalar(beta);
-        let logps = logps.detach();
-        Ok(CpoOutput {
-            loss,
-            losses,
-            nll: nll.detach(),
-            rewards_chosen: rewards.clone().narrow(0, 0, pairs),
-            rewards_rejected: rewards.narrow(0, pairs, pairs),
-            logps_chosen: logps.clone().narrow(0, 0, pairs),
-            logps_rejected: logps.narrow(0, pairs, pairs),
-        })
+        let ranking = batch.ranking();
+        let metrics = trl::paired(rewards, logps, &ranking).with("nll_loss", Metric::mean(nll));
+        Ok(LossOutput::new(losses, metrics))
     }
+}
+
+/// `[B, 2]` → the gatherer's row order `[2B]`, chosen rows first (error indices are rows).
+fn rows(pairs: &Tensor<2>) -> Tensor<1> {
+    let [b, k] = pairs.dims();
+    pairs.clone().transpose().reshape([b * k])
+}
+
+/// Every sequence has a completion token and a finite log-prob (one read each).
+fn check_sequences(batch: &PairedBatch, logps: &Tensor<2>) -> error::Result<()> {
+    if let Some(lengths) = &batch.lengths {
+        let counted = check::read_floats("policy.counts", rows(lengths))?;
+        if let Some(row) = counted.iter().position(|&n| n < 1.0) {
+            return Err(PreferenceError::Empty {
+                arg: "policy",
+                detail: format!("sequence {row} has no completion token"),
+            });
+        }
+    }
+    let values = check::read_floats("policy logps", rows(logps))?;
+    check::all_finite("policy logps", &values, &[values.len()])
 }
 
 /// Refuses AlphaPO rewards (or their derivative's factor `p^{−α}`) whose `β`-scaled size an
@@ -332,77 +343,4 @@ fn check_alphapo(logps: &[f32], alpha: f64, beta: f64) -> error::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The per-sequence completion log-probs of a `[2B]` concatenated gather, the sum or the token
-/// mean over its valid tokens, and `B`. Every sequence needs a completion token and a finite
-/// log-prob.
-pub(crate) fn completion_logps(
-    loss: &'static str,
-    policy: &SequenceLogpsOutput,
-    token_mean: bool,
-) -> error::Result<(Tensor<1>, usize)> {
-    let token = token_logps_of(loss, "policy.token_logps", policy)?;
-    let [rows, _] = token.dims();
-    let pairs = pair_count("policy", rows)?;
-    check::batch(
-        "policy.counts",
-        policy.counts.dims()[0],
-        "policy.token_logps",
-        rows,
-    )?;
-    let sums = token.sum_dim(1).squeeze_dim::<1>(1);
-    sequence_logps(sums, policy.counts.clone(), token_mean).map(|logps| (logps, pairs))
-}
-
-/// `sums` or `sums / counts`, refusing sequences without tokens and non-finite values.
-pub(crate) fn sequence_logps(
-    sums: Tensor<1>,
-    counts: Tensor<1>,
-    token_mean: bool,
-) -> error::Result<Tensor<1>> {
-    let counted = check::read_floats("policy.counts", counts.clone())?;
-    if let Some(row) = counted.iter().position(|&n| n < 1.0) {
-        return Err(PreferenceError::Empty {
-            arg: "policy",
-            detail: format!("sequence {row} has no completion token"),
-        });
-    }
-    let logps = if token_mean { sums.div(counts) } else { sums };
-    let values = check::read_floats("policy logps", logps.clone())?;
-    check::all_finite("policy logps", &values, &[values.len()])?;
-    Ok(logps)
-}
-
-/// `rewards/*` and `logps/*` of a paired batch, as TRL logs them (batch means, strict `>`).
-pub(crate) fn pair_metrics(
-    rewards_chosen: &Tensor<1>,
-    rewards_rejected: &Tensor<1>,
-    logps_chosen: &Tensor<1>,
-    logps_rejected: &Tensor<1>,
-) -> error::Result<Vec<(&'static str, f64)>> {
-    let rc = check::read_floats("rewards_chosen", rewards_chosen.clone())?;
-    let rr = check::read_floats("rewards_rejected", rewards_rejected.clone())?;
-    let lc = check::read_floats("logps_chosen", logps_chosen.clone())?;
-    let lr = check::read_floats("logps_rejected", logps_rejected.clone())?;
-    let wins: Vec<f32> = rc
-        .iter()
-        .zip(&rr)
-        .map(|(c, r)| if c > r { 1.0 } else { 0.0 })
-        .collect();
-    let margins: Vec<f32> = rc.iter().zip(&rr).map(|(c, r)| c - r).collect();
-    Ok(vec![
-        ("rewards/chosen", mean_of(rc)),
-        ("rewards/rejected", mean_of(rr)),
-        ("rewards/accuracies", mean_of(wins)),
-        ("rewards/margins", mean_of(margins)),
-        ("logps/chosen", mean_of(lc)),
-        ("logps/rejected", mean_of(lr)),
-    ])
-}
-
-/// The `f64` mean of `f32` values (0 for none).
-pub(crate) fn mean_of(values: Vec<f32>) -> f64 {
-    let n = values.len().max(1) as f64;
-    values.iter().map(|&v| f64::from(v)).sum::<f64>() / n
 }

@@ -6,223 +6,15 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::config::Config;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::cpo::mean_of;
-use super::nll::token_logps_of;
+use super::{LossOutput, PreferenceLoss};
+use crate::batch::UnpairedBatch;
 use crate::check;
 use crate::error::{self, PreferenceError};
-use crate::logps::SequenceLogpsOutput;
+use crate::metrics::{Metric, Metrics, trl};
 use crate::numerics::sigmoid;
-
-/// A batch of `N` unpaired examples: the policy's and the reference's summed completion
-/// log-probs, a desirable (1) / undesirable (0) label per example and, for KTO, the log-probs of
-/// the mismatched KL pairs (see [`kl_pairs`]).
-///
-/// Every log-prob here is a **sum** over completion tokens, as TRL's KTO uses: the policy's is
-/// formed from its per-token log-probs (gather with `return_token_logps`), the reference's and
-/// the KL pairs' are plain `[N]` tensors (e.g. precomputed), which the caller sums.
-///
-/// # Shapes
-/// - policy: a [`SequenceLogpsOutput`] of `N` rows with `token_logps`; its optional
-///   `entropy` and `mean_logits` give the `entropy` and `logits/*` metrics
-/// - reference: `[N]`
-/// - desirable: `[N]` (Int, 0 or 1)
-/// - KL pairs (optional): policy `[M]`, reference `[M]` (usually `M = N`)
-#[derive(Debug, Clone)]
-pub struct UnpairedBatch {
-    pub(crate) policy: Tensor<1>,
-    pub(crate) reference: Tensor<1>,
-    pub(crate) desirable: Vec<bool>,
-    pub(crate) desirable_mask: Tensor<1, Bool>,
-    pub(crate) kl: Option<(Tensor<1>, Tensor<1>)>,
-    pub(crate) valid: Tensor<2, Bool>,
-    pub(crate) entropy: Option<Tensor<2>>,
-    pub(crate) mean_logits: Option<Tensor<2>>,
-}
-
-impl UnpairedBatch {
-    /// A batch from the policy's gather, the reference's summed log-probs and the labels.
-    ///
-    /// # Errors
-    /// - [`PreferenceError::MissingInput`] when `policy` has no `token_logps`.
-    /// - [`PreferenceError::Empty`] for `N = 0`.
-    /// - [`PreferenceError::BatchMismatch`] when `reference` or `desirable` has another `N`.
-    /// - [`PreferenceError::DeviceMismatch`] when the tensors live on different devices.
-    /// - [`PreferenceError::InvalidValue`] for a label other than 0 or 1.
-    /// - [`PreferenceError::NonFinite`] for a NaN/infinite log-prob.
-    pub fn new(
-        policy: SequenceLogpsOutput,
-        reference: Tensor<1>,
-        desirable: Tensor<1, Int>,
-    ) -> error::Result<Self> {
-        let token = token_logps_of("KTO", "policy.token_logps", &policy)?;
-        let [rows, _] = token.dims();
-        check::non_empty("policy", rows)?;
-        check::same_device(&[
-            ("policy", token.device()),
-            ("reference", reference.device()),
-            ("desirable", desirable.device()),
-        ])?;
-        check::batch("reference", reference.dims()[0], "policy", rows)?;
-        check::batch("desirable", desirable.dims()[0], "policy", rows)?;
-        let labels = check::read_ints("desirable", desirable.clone())?;
-        if let Some(bad) = labels.iter().find(|&&v| v != 0 && v != 1) {
-            return Err(PreferenceError::InvalidValue {
-                arg: "desirable",
-                expected: "0 (undesirable) or 1 (desirable)",
-                found: bad.to_string(),
-            });
-        }
-        let sums = token.sum_dim(1).squeeze_dim::<1>(1);
-        finite("policy logps", &sums)?;
-        finite("reference", &reference)?;
-        Ok(Self {
-            policy: sums,
-            reference: reference.detach(),
-            desirable: labels.iter().map(|&v| v == 1).collect(),
-            desirable_mask: desirable.equal_elem(1),
-            kl: None,
-            valid: policy.valid,
-            entropy: policy.entropy,
-            mean_logits: policy.mean_logits,
-        })
-    }
-
-    /// Adds the summed log-probs of the KL pairs (each prompt with a mismatched completion,
-    /// built by [`kl_pairs`]) under the policy and the reference. Both are detached: TRL
-    /// computes them without gradient.
-    ///
-    /// # Errors
-    /// [`PreferenceError::Empty`] for no pairs, [`PreferenceError::BatchMismatch`] when the
-    /// two lengths differ, [`PreferenceError::DeviceMismatch`], and
-    /// [`PreferenceError::NonFinite`] for a NaN/infinite log-prob.
-    pub fn with_kl(self, policy_kl: Tensor<1>, reference_kl: Tensor<1>) -> error::Result<Self> {
-        let [pairs] = policy_kl.dims();
-        check::non_empty("policy_kl", pairs)?;
-        check::same_device(&[
-            ("policy", self.policy.device()),
-            ("policy_kl", policy_kl.device()),
-            ("reference_kl", reference_kl.device()),
-        ])?;
-        check::batch("reference_kl", reference_kl.dims()[0], "policy_kl", pairs)?;
-        finite("policy_kl", &policy_kl)?;
-        finite("reference_kl", &reference_kl)?;
-        Ok(Self {
-            kl: Some((policy_kl.detach(), reference_kl.detach())),
-            ..self
-        })
-    }
-
-    /// The number of examples `N`.
-    pub fn len(&self) -> usize {
-        self.desirable.len()
-    }
-
-    /// Always `false`: a batch has at least one example.
-    pub fn is_empty(&self) -> bool {
-        self.desirable.is_empty()
-    }
-
-    /// The policy-over-reference log-ratios `ℓ = log π − log π_ref` `[N]`.
-    pub(crate) fn log_ratios(&self) -> Tensor<1> {
-        self.policy.clone().sub(self.reference.clone())
-    }
-
-    /// `logps/*`, `rewards/*` (only for a side with examples), `rewards/margins` (only with
-    /// both), `entropy` and `logits/*` (when the gather carried them), as TRL's KTO logs them.
-    pub(crate) fn side_metrics(
-        &self,
-        rewards: &Tensor<1>,
-    ) -> error::Result<Vec<(&'static str, f64)>> {
-        let rewards = check::read_floats("rewards", rewards.clone())?;
-        let logps = check::read_floats("policy logps", self.policy.clone().detach())?;
-        let mut metrics = Vec::new();
-        if let Some(entropy) = &self.entropy {
-            metrics.push((
-                "entropy",
-                masked_mean(entropy, &self.valid, None)?.unwrap_or(0.0),
-            ));
-        }
-        if let Some(mean_logits) = &self.mean_logits {
-            for (name, side) in [("logits/chosen", true), ("logits/rejected", false)] {
-                let rows = self.desirable_mask.clone();
-                let rows = if side { rows } else { rows.bool_not() };
-                if let Some(value) = masked_mean(mean_logits, &self.valid, Some(rows))? {
-                    metrics.push((name, value));
-                }
-            }
-        }
-        let mut side_rewards = [None, None];
-        for (slot, (side, rewards_name, logps_name)) in [
-            (true, "rewards/chosen", "logps/chosen"),
-            (false, "rewards/rejected", "logps/rejected"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let pick = |values: &[f32]| -> Vec<f32> {
-                values
-                    .iter()
-                    .zip(&self.desirable)
-                    .filter(|(_, d)| **d == side)
-                    .map(|(v, _)| *v)
-                    .collect()
-            };
-            let picked = pick(&rewards);
-            if picked.is_empty() {
-                continue;
-            }
-            let mean = mean_of(picked);
-            side_rewards[slot] = Some(mean);
-            metrics.push((rewards_name, mean));
-            metrics.push((logps_name, mean_of(pick(&logps))));
-        }
-        if let [Some(chosen), Some(rejected)] = side_rewards {
-            metrics.push(("rewards/margins", chosen - rejected));
-        }
-        Ok(metrics)
-    }
-}
-
-/// Rejects NaN and ±inf in a `[N]` tensor.
-fn finite(arg: &'static str, values: &Tensor<1>) -> error::Result<()> {
-    let read = check::read_floats(arg, values.clone())?;
-    check::all_finite(arg, &read, &[read.len()])
-}
-
-/// The mean of `per_token [N, T']` over the valid positions of the selected rows, `None`
-/// without any.
-fn masked_mean(
-    per_token: &Tensor<2>,
-    valid: &Tensor<2, Bool>,
-    rows: Option<Tensor<1, Bool>>,
-) -> error::Result<Option<f64>> {
-    check::shape(
-        "policy per-token extras",
-        per_token.dims(),
-        valid.dims().map(Some),
-        "policy.valid's shape [N, T']",
-    )?;
-    let mut mask = valid.clone();
-    if let Some(rows) = rows {
-        let [n, t] = valid.dims();
-        mask = mask.bool_and(rows.reshape([n, 1]).expand([n, t]));
-    }
-    let count = check::read_floats("valid", mask.clone().float().sum())?;
-    let count = count.first().copied().unwrap_or(0.0);
-    if count < 1.0 {
-        return Ok(None);
-    }
-    let total = per_token
-        .clone()
-        .detach()
-        .mask_fill(mask.bool_not(), 0.0)
-        .sum();
-    let total = mean_of(check::read_floats("policy per-token extras", total)?);
-    Ok(Some(total / f64::from(count)))
-}
 
 /// TRL's `KTOConfig.loss_type`; (de)serialises as TRL's strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +74,10 @@ pub struct KtoConfig {
     /// The loss type. Default: [`KtoLossType::Kto`].
     #[config(default = "KtoLossType::Kto")]
     pub loss_type: KtoLossType,
+    /// Check the batch's values, reading them back to the host: labels 0 or 1, finite
+    /// log-probs. `false` never reads a tensor back. Not a TRL key. Default: `true`.
+    #[config(default = true)]
+    pub value_checks: bool,
 }
 
 impl KtoConfig {
@@ -309,6 +105,7 @@ impl KtoConfig {
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,
             loss_type: self.loss_type,
+            value_checks: self.value_checks,
         })
     }
 }
@@ -325,23 +122,27 @@ impl KtoConfig {
 /// ```
 ///
 /// The mean is over examples, as TRL's `nanmean` of the concatenated weighted losses (the
-/// weights scale, they do not renormalise; NaN inputs are refused when the batch is built, so
-/// no NaN is averaged away). A batch of only desirable or only undesirable examples, or a
-/// single example, is fine. `kto` needs the KL pairs ([`UnpairedBatch::with_kl`]);
-/// `apo_zero_unpaired` ignores them and reports `kl = 0`.
+/// weights scale, they do not renormalise). A batch of only desirable or only undesirable
+/// examples, or a single example, is fine. `kto` needs the KL pairs
+/// ([`UnpairedBatch::with_kl`]); `apo_zero_unpaired` ignores them and reports `kl = 0`.
+///
+/// Metrics: TRL's KTO names: `kl`; `rewards/chosen`, `logps/chosen` (desirable examples),
+/// `rewards/rejected`, `logps/rejected` (undesirable ones), `rewards/margins` (when a step has
+/// both); `entropy` and `logits/chosen|rejected` when the policy's gather carried per-token
+/// `entropy` / `mean_logits`. TRL's `num_tokens` is a running count of the trainer's, not a
+/// loss metric.
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Int, Tensor};
-/// use burn_preference::{KtoConfig, SequenceLogpsConfig, UnpairedBatch};
+/// use burn_preference::prelude::*;
 ///
 /// let device = Device::default();
 /// let labels = Tensor::<2, Int>::from_ints([[-100, 3, 4, 5], [-100, -100, 7, 8]], &device);
-/// let gatherer = SequenceLogpsConfig::new().with_return_token_logps(true).init()?;
 /// let logits = Tensor::<3>::random([2, 4, 16], Distribution::Default, &device);
-/// let policy = gatherer.forward(logits, labels)?;
-/// let reference = Tensor::<1>::from_floats([-8.0, -5.5], &device);
+/// let policy = SequenceLogpsConfig::new().init()?.forward(logits, labels, None)?;
 /// let desirable = Tensor::<1, Int>::from_ints([1, 0], &device);
-/// let batch = UnpairedBatch::new(policy, reference, desirable)?
+/// let batch = UnpairedBatch::from_output(policy, desirable)?
+///     .with_reference(Tensor::from_floats([-8.0, -5.5], &device))?
 ///     .with_kl(Tensor::from_floats([-9.0, -6.0], &device), Tensor::from_floats([-9.5, -6.1], &device))?;
 /// let out = KtoConfig::new().init()?.forward(batch)?;
 /// assert!(out.loss.into_scalar::<f32>().is_finite());
@@ -349,54 +150,30 @@ impl KtoConfig {
 /// ```
 ///
 /// # Shapes
-/// - input: an [`UnpairedBatch`] of `N` examples
-/// - output: `loss [1]`, `losses [N]`, `rewards [N]`, `kl [1]`
+/// - input: an [`UnpairedBatch`] of `N` examples with a reference
+/// - output: `loss [1]`, `losses [N]`
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KtoLoss {
     beta: f64,
     desirable_weight: f64,
     undesirable_weight: f64,
     loss_type: KtoLossType,
+    value_checks: bool,
 }
 
-/// What [`KtoLoss::forward`] returns.
-#[derive(Debug, Clone)]
-pub struct KtoOutput {
-    /// The mean of `losses` `[1]`. Call `backward()` on it.
-    pub loss: Tensor<1>,
-    /// The weighted loss of each example `[N]`, in batch order.
-    pub losses: Tensor<1>,
-    /// `β·ℓ` of each example `[N]`, detached.
-    pub rewards: Tensor<1>,
-    /// The reference point `z` `[1]` (0 for `apo_zero_unpaired`), detached.
-    pub kl: Tensor<1>,
-    batch: UnpairedBatch,
-}
+impl PreferenceLoss for KtoLoss {
+    type Batch = UnpairedBatch;
 
-impl KtoOutput {
-    /// The metrics TRL's KTO logs for this batch, under its names: `kl`; `rewards/chosen`,
-    /// `logps/chosen` (with desirable examples), `rewards/rejected`, `logps/rejected` (with
-    /// undesirable ones), `rewards/margins` (with both); `entropy` and `logits/chosen|rejected`
-    /// when the policy's gather carried per-token `entropy` / `mean_logits`. TRL's
-    /// `num_tokens` is a running count of the trainer's, not a loss metric.
-    ///
     /// # Errors
-    /// [`PreferenceError::Read`] when a tensor cannot be read back from the device.
-    pub fn metrics(&self) -> error::Result<Vec<(&'static str, f64)>> {
-        let kl = mean_of(check::read_floats("kl", self.kl.clone())?);
-        let mut metrics = vec![("kl", kl)];
-        metrics.extend(self.batch.side_metrics(&self.rewards)?);
-        Ok(metrics)
-    }
-}
-
-impl KtoLoss {
-    /// Computes the loss of an unpaired batch.
-    ///
-    /// # Errors
-    /// [`PreferenceError::MissingInput`] for `kto` without KL pairs.
-    pub fn forward(&self, batch: UnpairedBatch) -> error::Result<KtoOutput> {
-        let ratios = batch.log_ratios();
+    /// [`PreferenceError::MissingInput`] without a reference, or for `kto` without KL pairs;
+    /// [`PreferenceError::InvalidValue`] for log-probs not gathered as sums; with
+    /// `value_checks`, [`PreferenceError::InvalidValue`] for a label other than 0 or 1 and
+    /// [`PreferenceError::NonFinite`] for a NaN/infinite log-prob.
+    fn forward(&self, batch: UnpairedBatch) -> error::Result<LossOutput> {
+        let ratios = batch.log_ratios("KTO")?;
+        if self.value_checks {
+            batch.check_values()?;
+        }
         let device = ratios.device();
         let kl = match (self.loss_type, &batch.kl) {
             (KtoLossType::ApoZeroUnpaired, _) => Tensor::<1>::zeros([1], &device),
@@ -422,14 +199,18 @@ impl KtoLoss {
         // Both branches are 1 − σ(±β(ℓ − z)): desirable wants ℓ above z, undesirable below.
         let desirable = sigmoid(shifted.clone().neg()).mul_scalar(self.desirable_weight);
         let undesirable = sigmoid(shifted).mul_scalar(self.undesirable_weight);
-        let losses = undesirable.mask_where(batch.desirable_mask.clone(), desirable);
-        Ok(KtoOutput {
-            loss: losses.clone().mean(),
-            losses,
-            rewards: ratios.detach().mul_scalar(self.beta),
-            kl,
-            batch,
-        })
+        let mask = batch.desirable_mask();
+        let losses = undesirable.mask_where(mask.clone(), desirable);
+        let rewards = ratios.detach().mul_scalar(self.beta);
+        let metrics = Metrics::new()
+            .with("kl", Metric::mean(kl))
+            .merge(trl::unpaired(
+                rewards,
+                batch.policy.clone(),
+                mask,
+                batch.tokens.as_deref(),
+            ));
+        Ok(LossOutput::new(losses, metrics))
     }
 }
 

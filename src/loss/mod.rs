@@ -1,131 +1,117 @@
-//! Preference losses: the DPO family of TRL's `DPOTrainer` ([`DpoConfig`], every TRL 1.16
-//! `loss_type`), ΨPO and its named forms DPO and IPO, and RRHF.
+//! Preference losses, one contract: every loss implements [`PreferenceLoss`], reads one batch
+//! type ([`PairedBatch`] or [`UnpairedBatch`]) and returns one [`LossOutput`]: the loss, each
+//! example's share of it, and its [`Metrics`] under TRL's names.
 //!
-//! Every loss implements [`PreferenceLoss`]: it takes a [`PreferenceBatch`] of `B` prompts with
-//! `K ≥ 2` candidate responses each and returns a [`PreferenceOutput`] with the reduced loss, the
-//! per-prompt losses and the metrics of [`PreferenceMetrics`].
+//! | loss | batch | per example | reference | pick it when |
+//! |---|---|---|---|---|
+//! | [DPO family](DpoConfig) | paired / ranked | any TRL 1.16 `DPOConfig.loss_type`, weighted, with f-divergences, WPO, LD-DPO | yes or free | TRL's `DPOConfig`, key for key: the default |
+//! | [ΨPO](PsiPoConfig) | paired / ranked | DPO's `softplus(−βh)` or IPO's `(h − 1/(2τ))²`, by [`Psi`] | yes or free | the paper's forms: Ψ chosen at run time, IPO on sequence sums, conservative DPO's label smoothing |
+//! | [RRHF](RrhfConfig) | ranked | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
+//! | [CPO, SimPO, AlphaPO](CpoConfig) | paired | sigmoid / hinge / IPO / SimPO margin + NLL | none | no reference model: half the memory and compute |
+//! | [ORPO](OrpoConfig) | paired | odds-ratio term + NLL | none | SFT and preference in one loss |
+//! | [KTO](KtoConfig) | unpaired | prospect-theoretic value against the KL reference point | yes | thumbs-up / thumbs-down data |
+//! | [BCO](BcoConfig) | unpaired | logistic classifier of the reward, shifted by a running δ | yes | unpaired data, a binary classifier of rewards |
 //!
-//! | loss | per ordered pair `i ≻ j`, `h = ρ_i − ρ_j` | reference | pick it when |
-//! |---|---|---|---|
-//! | [DPO family](DpoConfig) | any [`DpoLossType`], weighted, with [`FDivergence`], WPO, LD-DPO | yes or free | TRL's `DPOConfig`, key for key |
-//! | [cDPO](PsiPoConfig) | `(1 − ε)·softplus(−βh) + ε·softplus(βh)` | yes or free | labels flipped at a rate ε |
-//! | [IPO](IpoConfig) | `(h − 1/(2τ))²` | yes or free | deterministic or near-deterministic preferences: the margin has a finite target, so it does not drift without limit as DPO does (it can still fit noise in small data) |
-//! | [ΨPO](PsiPoConfig) | DPO's or IPO's, by [`Psi`] | yes or free | choosing Ψ at run time |
-//! | [RRHF](RrhfConfig) | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
+//! **Two doors to DPO and IPO, on purpose.** Use [`DpoConfig`] for anything TRL's `DPOConfig`
+//! expresses (its `loss_type = "ipo"` is TRL's IPO on length-normalised log-probs); use
+//! [`PsiPoConfig`] for the ΨPO paper's forms — Ψ chosen at run time, IPO on sequence sums as
+//! the paper writes it, and conservative DPO's label smoothing, which TRL 1.16's `sigmoid`
+//! ignores.
 //!
-//! Each TRL `loss_type` lives in one family file, found by its TRL name: margin losses of `βΔ`
-//! (`sigmoid`, `hinge`, `robust`, `exo_pair`, `discopop`, `sigmoid_norm`), squared-target losses
-//! (`ipo`, `sppo_hard`), anchored per-response losses (`nca_pair`, `bco_pair`, `apo_zero`,
-//! `apo_down`), batch-sorted AOT (`aot`, `aot_unpaired`) and the NLL term (`sft`). ΨPO's logit
-//! and identity forms call the same `sigmoid` and `ipo` functions.
+//! Each TRL `loss_type` lives in one formula file under `formulas/`, found by its TRL name:
+//! margin losses of `βΔ` (`sigmoid`, `hinge`, `robust`, `exo_pair`, `discopop`,
+//! `sigmoid_norm`), squared-target losses (`ipo`, `sppo_hard`), anchored per-response losses
+//! (`nca_pair`, `bco_pair`, `apo_zero`, `apo_down`), batch-sorted AOT (`aot`,
+//! `aot_unpaired`), the NLL term (`sft`) and the f-divergence scores. The losses compose them.
+//!
+//! # Adding a loss
+//! 1. Its formula: a function in `formulas/` (or a new file there), written from the paper.
+//! 2. Its config and loss in one file of this folder: `XxxConfig` (documented defaults,
+//!    TRL's key names where TRL has the loss, a `value_checks` switch) with a validating
+//!    `init()`, and `XxxLoss` implementing [`PreferenceLoss`] for the batch type its data
+//!    has; its metrics under TRL's names; a row in the table above.
+//! 3. A fixture: TRL's own numbers from `tests/fixtures/trl_oracle.py` (or, where no peer
+//!    ships the loss, an `f64` reference written from the paper in the test), checked on every
+//!    device in `tests/loss/`.
 
-mod anchored;
-mod aot;
-pub(crate) mod batch;
 mod bco;
-mod concatenated;
 mod cpo;
-mod divergence;
 mod dpo;
-mod ipo;
+pub(crate) mod formulas;
 mod kto;
-mod layout;
-mod loss_type;
-mod margin;
-mod nll;
 mod orpo;
 mod psipo;
 mod rrhf;
-mod squared;
-mod zoo;
 
-pub use batch::PreferenceBatch;
-pub use bco::{BcoConfig, BcoLoss, BcoOutput, BcoState};
-pub use cpo::{ALPHAPO_MAX_SCALE, CpoConfig, CpoLoss, CpoLossType, CpoOutput};
-pub use divergence::FDivergence;
-pub use dpo::DpoConfig;
-pub use ipo::IpoConfig;
-pub use kto::{KlSequence, KtoConfig, KtoLoss, KtoLossType, KtoOutput, UnpairedBatch, kl_pairs};
-pub use loss_type::DpoLossType;
-pub use nll::token_mean_nll;
-pub use orpo::{ORPO_MAX_LOGP, OrpoConfig, OrpoLoss, OrpoOutput};
+pub use bco::{BcoConfig, BcoLoss, BcoState, BcoStateRecord};
+pub use cpo::{ALPHAPO_MAX_SCALE, CpoConfig, CpoLoss, CpoLossType};
+pub use dpo::{DpoConfig, DpoLoss, DpoLossType};
+pub use formulas::divergence::FDivergence;
+pub use formulas::nll::token_mean_nll;
+pub use kto::{KlSequence, KtoConfig, KtoLoss, KtoLossType, kl_pairs};
+pub use orpo::{ORPO_MAX_LOGP, OrpoConfig, OrpoLoss};
 pub use psipo::{Psi, PsiPoConfig, PsiPoLoss};
 pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
-pub use zoo::DpoLoss;
 
-use burn::config::Config;
 use burn::tensor::Tensor;
 
-use crate::error;
-use crate::metrics::{PreferenceMetrics, TokenMetrics};
+#[allow(unused_imports)] // the doc links
+use crate::batch::{PairedBatch, UnpairedBatch};
+use crate::error::Result;
+use crate::metrics::Metrics;
 
-/// TRL's token-level metrics of the batch's policy tensors, when it carries them.
-pub(crate) fn token_metrics(batch: &PreferenceBatch) -> TokenMetrics {
-    match batch.tokens.policy.as_deref() {
-        None => TokenMetrics::default(),
-        Some(side) => TokenMetrics::new(
-            &side.valid,
-            side.mean_logits.as_ref(),
-            side.entropy.as_ref(),
-            side.is_top1.as_ref(),
-        ),
-    }
-}
-
-/// A preference-optimisation loss.
+/// A preference-optimisation loss: one batch in, one [`LossOutput`] out.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use burn_preference::{DpoConfig, PreferenceBatch, PreferenceLoss};
+/// use burn_preference::prelude::*;
 ///
 /// let device = Device::default();
-/// let f = |v: [f32; 2]| Tensor::<1>::from_floats(v, &device);
-/// // Sequence log-probs of two preference pairs under the policy and the frozen reference.
-/// let batch = PreferenceBatch::pairwise(f([-12.0, -30.5]), f([-14.0, -29.0]))?
-///     .with_pairwise_reference(f([-13.0, -30.0]), f([-13.5, -29.5]))?;
+/// // Sequence log-probs of two pairs [chosen, rejected] under the policy and the reference.
+/// let policy = Tensor::<2>::from_floats([[-12.0, -14.0], [-30.5, -29.0]], &device);
+/// let reference = Tensor::<2>::from_floats([[-13.0, -13.5], [-30.0, -29.5]], &device);
+/// let batch = PairedBatch::new(policy)?.with_reference(reference)?;
 /// let out = DpoConfig::new().init()?.forward(batch)?;
 /// let loss: f32 = out.loss.into_scalar();
 /// assert!(loss > 0.0);
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 pub trait PreferenceLoss {
+    /// The batch the loss reads: [`PairedBatch`] or [`UnpairedBatch`].
+    type Batch;
+
     /// Computes the loss and its metrics for one batch.
     ///
     /// # Errors
-    /// A [`PreferenceError`](crate::PreferenceError) when the batch lacks an input the loss needs
-    /// (e.g. a reference for a loss that is not reference-free, lengths for RRHF).
-    fn forward(&self, batch: PreferenceBatch) -> error::Result<PreferenceOutput>;
+    /// A [`PreferenceError`](crate::PreferenceError) when the batch lacks an input the loss
+    /// needs (a reference, lengths, per-token log-probs), has the wrong shape for it, or, with
+    /// the config's `value_checks` on, holds values the loss refuses.
+    fn forward(&self, batch: Self::Batch) -> Result<LossOutput>;
 }
 
 /// What every loss returns.
+///
+/// `loss = mean(losses)` for every loss: `losses` is each example's share (a prompt's, for
+/// paired and ranked batches; an example's, for unpaired ones), with a batch-level term such
+/// as the NLL of CPO, ORPO or `sft` added to every example, as TRL broadcasts it. Sum or
+/// weigh them otherwise from `losses` if your trainer needs to.
 #[derive(Debug, Clone)]
-pub struct PreferenceOutput {
-    /// The loss reduced over prompts: `[1]` for [`Reduction::Mean`] and [`Reduction::Sum`],
-    /// `[B]` for [`Reduction::None`]. Call `backward()` on it.
+pub struct LossOutput {
+    /// The loss `[1]`, the mean of `losses`. Call `backward()` on it.
     pub loss: Tensor<1>,
-    /// The loss of each prompt `[B]` (a prompt's ordered pairs are averaged).
+    /// Each example's loss `[B]` (or `[N]`), differentiable.
     pub losses: Tensor<1>,
-    /// Detached metrics.
-    pub metrics: PreferenceMetrics,
+    /// The metrics, detached, on the device: nothing is read back until
+    /// [`Metrics::log`].
+    pub metrics: Metrics,
 }
 
-/// How per-prompt losses are reduced over the batch.
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum Reduction {
-    /// The mean over prompts (the default everywhere).
-    Mean,
-    /// The sum over prompts.
-    Sum,
-    /// No reduction: the per-prompt losses `[B]`.
-    None,
-}
-
-impl Reduction {
-    pub(crate) fn apply(self, losses: Tensor<1>) -> Tensor<1> {
-        match self {
-            Reduction::Mean => losses.mean(),
-            Reduction::Sum => losses.sum(),
-            Reduction::None => losses,
+impl LossOutput {
+    pub(crate) fn new(losses: Tensor<1>, metrics: Metrics) -> Self {
+        Self {
+            loss: losses.clone().mean(),
+            losses,
+            metrics,
         }
     }
 }

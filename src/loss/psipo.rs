@@ -3,10 +3,12 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction, margin, squared};
+use super::formulas::{margin, squared};
+use super::{LossOutput, PreferenceLoss};
+use crate::batch::PairedBatch;
 use crate::check;
 use crate::error;
-use crate::metrics::PreferenceMetrics;
+use crate::metrics::trl;
 
 /// The Ψ of ΨPO's objective `max_π E[Ψ(p*(y ≻ y'))] − β·KL(π ‖ π_ref)`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -19,8 +21,10 @@ pub enum Psi {
     Identity,
 }
 
-/// Configuration of [`PsiPoLoss`]; [`DpoConfig`](super::DpoConfig) and
-/// [`IpoConfig`](super::IpoConfig) are its named forms.
+/// Configuration of [`PsiPoLoss`]: the ΨPO paper's DPO (`Psi::Logit`, with conservative DPO's
+/// label smoothing) and IPO (`Psi::Identity`, β is IPO's τ). For TRL's `DPOConfig` keys and
+/// `loss_type`s (TRL's `ipo` on length-normalised log-probs among them) use
+/// [`DpoConfig`](super::DpoConfig).
 #[derive(Config, Debug)]
 pub struct PsiPoConfig {
     /// Which Ψ.
@@ -36,9 +40,11 @@ pub struct PsiPoConfig {
     /// ignored. When `false` a batch without a reference is an error. Default: `false`.
     #[config(default = false)]
     pub reference_free: bool,
-    /// Reduction over prompts. Default: [`Reduction::Mean`].
-    #[config(default = "Reduction::Mean")]
-    pub reduction: Reduction,
+    /// Check the values of the batch's scores and soft labels, reading them back to the host
+    /// (a GPU step then waits for its queued work); `false` never reads a tensor back.
+    /// Default: `true`.
+    #[config(default = true)]
+    pub value_checks: bool,
 }
 
 impl PsiPoConfig {
@@ -65,7 +71,7 @@ impl PsiPoConfig {
             beta: self.beta,
             label_smoothing: self.label_smoothing,
             reference_free: self.reference_free,
-            reduction: self.reduction,
+            value_checks: self.value_checks,
         })
     }
 }
@@ -87,20 +93,33 @@ impl PsiPoConfig {
 ///
 /// The IPO paper uses sequence *sums* of log-probs and TRL uses length-*averaged* log-probs;
 /// this loss takes whichever `ρ` it is given: choose with
-/// [`LogpReduction`](crate::LogpReduction) (`Sum` or `Mean`) when gathering the log-probs.
+/// [`LogpReduction`](crate::logps::LogpReduction) (`Sum` or `Mean`) when gathering the log-probs.
 ///
 /// Metrics: rewards are `β·ρ` (as in TRL).
 ///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_preference::prelude::*;
+///
+/// let device = Device::default();
+/// let policy = Tensor::<2>::from_floats([[-12.0, -14.0]], &device);
+/// let batch = PairedBatch::new(policy)?.with_reference(Tensor::from_floats([[-13.0, -13.5]], &device))?;
+/// // IPO (τ = 0.5) on sums: the margin h = 1 − (−0.5) = 1.5 against the target 1/(2τ) = 1.
+/// let out = PsiPoConfig::new(Psi::Identity).with_beta(0.5).init()?.forward(batch)?;
+/// assert!((out.loss.into_scalar::<f32>() - 0.25).abs() < 1e-6);
+/// # Ok::<(), burn_preference::PreferenceError>(())
+/// ```
+///
 /// # Shapes
-/// - input: a [`PreferenceBatch`] of `B` prompts × `K` candidates
-/// - output: `loss [1]` (or `[B]` for `Reduction::None`), `losses [B]`
+/// - input: a [`PairedBatch`] of `B` prompts × `K` candidates
+/// - output: `loss [1]`, `losses [B]`
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PsiPoLoss {
     psi: Psi,
     beta: f64,
     label_smoothing: f64,
     reference_free: bool,
-    reduction: Reduction,
+    value_checks: bool,
 }
 
 impl PsiPoLoss {
@@ -152,7 +171,12 @@ fn smooth(q: Tensor<3>, eps: f64) -> Tensor<3> {
 }
 
 impl PreferenceLoss for PsiPoLoss {
-    fn forward(&self, batch: PreferenceBatch) -> error::Result<PreferenceOutput> {
+    type Batch = PairedBatch;
+
+    fn forward(&self, batch: PairedBatch) -> error::Result<LossOutput> {
+        if self.value_checks {
+            batch.check_values()?;
+        }
         let ratios = batch.log_ratios(self.loss_name(), self.reference_free)?;
         let ranking = batch.ranking();
         let labels = batch.soft_labels.as_ref().map(|q| {
@@ -162,12 +186,11 @@ impl PreferenceLoss for PsiPoLoss {
         let pair_losses = self.pair_loss(ranking.margins(ratios.clone()), labels);
         let losses = ranking.mean_over_pairs(pair_losses);
         let rewards = ratios.detach().mul_scalar(self.beta);
-        let metrics = PreferenceMetrics::from_rewards(rewards, batch.policy.clone(), &ranking)
-            .with_token_metrics(super::token_metrics(&batch));
-        Ok(PreferenceOutput {
-            loss: self.reduction.apply(losses.clone()),
-            losses,
-            metrics,
-        })
+        let tokens = batch.tokens.as_deref().map(trl::pair_tokens);
+        let metrics =
+            tokens
+                .unwrap_or_default()
+                .merge(trl::paired(rewards, batch.policy.clone(), &ranking));
+        Ok(LossOutput::new(losses, metrics))
     }
 }

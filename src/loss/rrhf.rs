@@ -2,11 +2,11 @@
 
 use burn::config::Config;
 
-use super::{PreferenceBatch, PreferenceLoss, PreferenceOutput, Reduction};
-use crate::LogpReduction;
+use super::{LossOutput, PreferenceLoss};
+use crate::batch::PairedBatch;
 use crate::check;
-use crate::error::{self, PreferenceError};
-use crate::metrics::PreferenceMetrics;
+use crate::error;
+use crate::metrics::trl;
 use crate::numerics::softplus;
 
 /// The rank term of RRHF.
@@ -34,9 +34,10 @@ pub struct RrhfConfig {
     /// Weight of the fine-tune term, ≥ 0. Default: `1.0`.
     #[config(default = 1.0)]
     pub ft_weight: f64,
-    /// Reduction over prompts. Default: [`Reduction::Mean`].
-    #[config(default = "Reduction::Mean")]
-    pub reduction: Reduction,
+    /// Check the values of the batch's scores and lengths, reading them back to the host;
+    /// `false` never reads a tensor back. Default: `true`.
+    #[config(default = true)]
+    pub value_checks: bool,
 }
 
 impl RrhfConfig {
@@ -57,7 +58,7 @@ impl RrhfConfig {
             rank_loss: self.rank_loss,
             rank_weight: self.rank_weight,
             ft_weight: self.ft_weight,
-            reduction: self.reduction,
+            value_checks: self.value_checks,
         })
     }
 }
@@ -65,7 +66,7 @@ impl RrhfConfig {
 /// Rank Responses to align language models with Human Feedback.
 ///
 /// The batch holds, per prompt, the *summed* log-probs `S_i` of `K` candidates
-/// ([`LogpReduction::Sum`](crate::LogpReduction::Sum)), their valid-token counts `n_i`
+/// ([`LogpReduction::Sum`](crate::logps::LogpReduction::Sum)), their valid-token counts `n_i`
 /// (`with_lengths`) and their scores `r_i` (higher is better). No reference model is used: a
 /// reference or soft labels on the batch are ignored.
 ///
@@ -80,34 +81,31 @@ impl RrhfConfig {
 /// Pairs with equal scores are skipped. Metrics: rewards are the candidate scores `p_i`.
 ///
 /// # Shapes
-/// - input: a [`PreferenceBatch`] `[B, K]` with lengths `[B, K]`
-/// - output: `loss [1]` (or `[B]` for `Reduction::None`), `losses [B]`
+/// - input: a [`PairedBatch`] `[B, K]` with lengths `[B, K]`
+/// - output: `loss [1]`, `losses [B]`
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RrhfLoss {
     length_penalty: f64,
     rank_loss: RankLoss,
     rank_weight: f64,
     ft_weight: f64,
-    reduction: Reduction,
+    value_checks: bool,
 }
 
 impl PreferenceLoss for RrhfLoss {
-    fn forward(&self, batch: PreferenceBatch) -> error::Result<PreferenceOutput> {
-        let lengths = batch.lengths.clone().ok_or(PreferenceError::MissingInput {
-            loss: "RRHF",
-            arg: "lengths",
-            why: "the length penalty and fine-tune term need each candidate's token count",
-        })?;
-        if let Some(reduction) = batch.reduction.filter(|r| *r != LogpReduction::Sum) {
-            return Err(PreferenceError::InvalidValue {
-                arg: "policy",
-                expected: "summed log-probs (LogpReduction::Sum): RRHF applies its own length \
-                           penalty to the sums",
-                found: format!("log-probs gathered with {reduction:?}"),
-            });
+    type Batch = PairedBatch;
+
+    fn forward(&self, batch: PairedBatch) -> error::Result<LossOutput> {
+        let lengths = batch.lengths(
+            "RRHF",
+            "the length penalty and fine-tune term need each candidate's token count",
+        )?;
+        batch.require_sums("RRHF")?;
+        if self.value_checks {
+            batch.check_values()?;
         }
         let ranking = batch.ranking();
-        let tokens = super::token_metrics(&batch);
+        let tokens = batch.tokens.as_deref().map(trl::pair_tokens);
         let sums = batch.policy;
         let lengths = lengths.clamp_min(1.0);
         let scores = sums
@@ -127,11 +125,10 @@ impl PreferenceLoss for RrhfLoss {
         let losses = rank
             .mul_scalar(self.rank_weight)
             .add(fine_tune.mul_scalar(self.ft_weight));
-        Ok(PreferenceOutput {
-            loss: self.reduction.apply(losses.clone()),
-            losses,
-            metrics: PreferenceMetrics::from_rewards(scores.detach(), sums, &ranking)
-                .with_token_metrics(tokens),
-        })
+        let metrics =
+            tokens
+                .unwrap_or_default()
+                .merge(trl::paired(scores.detach(), sums, &ranking));
+        Ok(LossOutput::new(losses, metrics))
     }
 }

@@ -1,15 +1,12 @@
 //! Which candidate beats which: the ordered pairs of a batch of `B` prompts × `K` candidates,
 //! from scores (higher is better, equal scores tie) or from the column order (best first).
 //!
-//! Shared by the batch (building it), the losses (averaging over pairs) and the metrics
-//! (ranking accuracy); it imports none of them.
+//! Built on the device from the scores, so ranking a batch never reads it back. Shared by the
+//! losses (averaging over pairs) and the metrics (accuracies); it imports neither.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
-use crate::check;
-use crate::error::{PreferenceError, Result};
-
-/// The ordered pairs of a batch, built on the host from the scores and moved to the device.
+/// The ordered pairs of a batch.
 #[derive(Debug, Clone)]
 pub(crate) struct Ranking {
     /// `[B, K, K]`: 1 where candidate `i` beats `j` (`r_i > r_j`), else 0.
@@ -23,35 +20,50 @@ pub(crate) struct Ranking {
 }
 
 impl Ranking {
-    pub(crate) fn new(scores: &[f32], batch: usize, candidates: usize, device: &Device) -> Self {
-        let mut beats = vec![0.0f32; batch * candidates * candidates];
-        let mut pairs = vec![0.0f32; batch];
-        let (mut best, mut worst) = (vec![0i64; batch], vec![0i64; batch]);
-        for (b, row) in scores.chunks(candidates).enumerate() {
-            for (i, ri) in row.iter().enumerate() {
-                for (j, rj) in row.iter().enumerate() {
-                    if ri > rj {
-                        beats[(b * candidates + i) * candidates + j] = 1.0;
-                        pairs[b] += 1.0;
-                    }
-                }
-                if *ri > row[best[b] as usize] {
-                    best[b] = i as i64;
-                }
-                if *ri <= row[worst[b] as usize] {
-                    worst[b] = i as i64;
-                }
-            }
-        }
+    /// The ranking of `scores [B, K]`.
+    pub(crate) fn new(scores: Tensor<2>) -> Self {
+        let [batch, candidates] = scores.dims();
+        let device = scores.device();
+        let beats = Self::differences(scores.clone()).greater_elem(0.0).float();
+        let pairs = beats.clone().sum_dims_squeeze::<1, _>(&[1, 2]);
+        let index = Tensor::<1, Int>::arange(0..candidates as i64, &device)
+            .reshape([1, candidates])
+            .expand([batch, candidates]);
+        // Ties: the first of the best, the last of the worst (index K / −1 marks "not one"; the
+        // clamps only matter for NaN scores, which the value checks refuse).
+        let is_best = scores
+            .clone()
+            .equal(scores.clone().max_dim(1).expand([batch, candidates]));
+        let best = index
+            .clone()
+            .mask_fill(is_best.bool_not(), candidates as i64)
+            .min_dim(1)
+            .clamp_max(candidates as i64 - 1)
+            .reshape([batch]);
+        let is_worst = scores
+            .clone()
+            .equal(scores.min_dim(1).expand([batch, candidates]));
+        let worst = index
+            .mask_fill(is_worst.bool_not(), -1)
+            .max_dim(1)
+            .clamp_min(0)
+            .reshape([batch]);
         Self {
-            beats: Tensor::from_data(
-                TensorData::new(beats, [batch, candidates, candidates]),
-                device,
-            ),
-            pairs: Tensor::from_data(TensorData::new(pairs, [batch]), device),
-            best: Tensor::from_data(TensorData::new(best, [batch]), device),
-            worst: Tensor::from_data(TensorData::new(worst, [batch]), device),
+            beats,
+            pairs,
+            best,
+            worst,
         }
+    }
+
+    /// Columns ranked by position, column 0 best: no scores to read.
+    pub(crate) fn by_position(batch: usize, candidates: usize, device: &Device) -> Self {
+        let scores = Tensor::<1, Int>::arange(0..candidates as i64, device)
+            .float()
+            .neg()
+            .reshape([1, candidates])
+            .expand([batch, candidates]);
+        Self::new(scores)
     }
 
     /// The mean of `pair_values [B, K, K]` over each prompt's ordered pairs `[B]` (0 when a
@@ -102,31 +114,4 @@ impl Ranking {
 fn pick(values: Tensor<2>, index: Tensor<1, Int>) -> Tensor<1> {
     let [batch] = index.dims();
     values.gather(1, index.reshape([batch, 1])).reshape([batch])
-}
-
-/// Validates `scores [B, K]` against `values [B, K]` and reads them to the host.
-///
-/// `values_arg` names the tensor the scores rank (`policy` in a batch, `values` in a metric).
-pub(crate) fn read_scores(
-    values_arg: &'static str,
-    values_dims: [usize; 2],
-    scores: Tensor<2>,
-) -> Result<Vec<f32>> {
-    let [batch, candidates] = values_dims;
-    check::non_empty(values_arg, batch)?;
-    if candidates < 2 {
-        return Err(PreferenceError::Shape {
-            arg: values_arg,
-            expected: "[B, K] with K >= 2 candidates".to_string(),
-            actual: values_dims.to_vec(),
-        });
-    }
-    check::batch("scores", scores.dims()[0], values_arg, batch)?;
-    check::shape(
-        "scores",
-        scores.dims(),
-        [Some(batch), Some(candidates)],
-        "[B, K]",
-    )?;
-    check::finite_values("scores", scores)
 }

@@ -1,16 +1,15 @@
 //! [`DpoLoss`]: TRL's `DPOTrainer` loss — weighted loss types, f-divergence scores, WPO
-//! weighting and LD-DPO — over a [`PreferenceBatch`].
+//! weighting and LD-DPO — over a [`PairedBatch`].
 
 use burn::tensor::{Bool, Tensor};
 
-use super::{
-    DpoConfig, DpoLossType, PreferenceBatch, PreferenceLoss, PreferenceOutput, anchored, aot,
-    margin, nll, squared,
-};
+use super::{DpoConfig, DpoLossType};
+use crate::batch::ranking::Ranking;
+use crate::batch::{PairedBatch, pairs_of};
 use crate::error::{self, PreferenceError};
-use crate::metrics::PreferenceMetrics;
-use crate::ranking::Ranking;
-use crate::ratios::{log_ratios, split_concatenated};
+use crate::loss::formulas::{anchored, aot, margin, nll, squared};
+use crate::loss::{LossOutput, PreferenceLoss};
+use crate::metrics::trl;
 
 /// TRL 1.16's `DPOTrainer` loss, built by [`DpoConfig::init`].
 ///
@@ -27,14 +26,15 @@ use crate::ratios::{log_ratios, split_concatenated};
 ///
 /// with the per-pair `L_k` of each [`DpoLossType`]. Metrics are TRL's: rewards `β·ℓ`,
 /// sequence log-probs, and, when the batch carries them, the token-level `logits/*`, `entropy`
-/// and `mean_token_accuracy` (see [`PreferenceMetrics::log`]).
+/// and `mean_token_accuracy`.
 ///
 /// **Inputs.** `sft`, WPO and LD-DPO need per-token log-probs (build the batch with
-/// [`PreferenceBatch::from_concatenated`] from a gatherer with `return_token_logps`), WPO also
+/// [`PairedBatch::from_output`] from a gatherer with `return_token_logps`), WPO also
 /// `log Σ_v p_v²` (`return_log_sum_sq_probs`), LD-DPO with a reference the reference's per-token
-/// log-probs ([`PreferenceBatch::with_concatenated_reference_output`]); `ipo` and
-/// `sigmoid_norm` need lengths (there, or [`PreferenceBatch::with_lengths`]). A missing one is
-/// [`PreferenceError::MissingInput`].
+/// log-probs ([`PairedBatch::with_reference_output`]); `ipo` and `sigmoid_norm` need lengths
+/// (there, or [`PairedBatch::with_lengths`]) and summed log-probs, which they divide by the
+/// lengths themselves. A missing input is [`PreferenceError::MissingInput`]; log-probs gathered
+/// as token means are [`PreferenceError::InvalidValue`] for them, never a second division.
 ///
 /// **Beyond TRL.** The margin losses (`sigmoid`, `sigmoid_norm`, `hinge`, `ipo`, `exo_pair`,
 /// `robust`, `discopop`) are functions of a pair's margin, so they also take ranked lists of
@@ -44,12 +44,12 @@ use crate::ratios::{log_ratios, split_concatenated};
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
-/// use burn_preference::{DpoConfig, DpoLossType, PreferenceBatch, PreferenceLoss};
+/// use burn_preference::prelude::*;
 ///
 /// let device = Device::default();
-/// let f = |v: [f32; 2]| Tensor::<1>::from_floats(v, &device);
-/// let batch = PreferenceBatch::pairwise(f([-12.0, -30.5]), f([-14.0, -29.0]))?
-///     .with_pairwise_reference(f([-13.0, -30.0]), f([-13.5, -29.5]))?;
+/// let policy = Tensor::<2>::from_floats([[-12.0, -14.0], [-30.5, -29.0]], &device);
+/// let reference = Tensor::<2>::from_floats([[-13.0, -13.5], [-30.0, -29.5]], &device);
+/// let batch = PairedBatch::new(policy)?.with_reference(reference)?;
 /// let loss = DpoConfig::new().with_loss_type(DpoLossType::Hinge).init()?;
 /// let out = loss.forward(batch)?;
 /// // hinge: relu(1 − βΔ) with Δ = ℓc − ℓr = (1.5, −1) → mean(0.85, 1.1) = 0.975.
@@ -58,9 +58,9 @@ use crate::ratios::{log_ratios, split_concatenated};
 /// ```
 ///
 /// # Shapes
-/// - input: a [`PreferenceBatch`] of `B` prompts × `K` candidates (`K = 2` for the non-margin
+/// - input: a [`PairedBatch`] of `B` prompts × `K` candidates (`K = 2` for the non-margin
 ///   loss types, WPO, LD-DPO and `sft`)
-/// - output: `loss [1]` (or `[B]` for `Reduction::None`), `losses [B]`
+/// - output: `loss [1]`, `losses [B]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoLoss {
     config: DpoConfig,
@@ -85,7 +85,7 @@ impl DpoLoss {
     }
 
     /// Refuses ranked lists and soft labels for the loss types that are not margin losses.
-    fn check_plain_pairs(&self, batch: &PreferenceBatch) -> error::Result<()> {
+    fn check_plain_pairs(&self, batch: &PairedBatch) -> error::Result<()> {
         let needs_pairs = self.config.loss_type.iter().find(|t| !t.is_margin_loss());
         let weighted = self.config.use_weighting || self.config.ld_alpha.is_some();
         let Some(reason) = needs_pairs
@@ -94,16 +94,7 @@ impl DpoLoss {
         else {
             return Ok(());
         };
-        if batch.candidates() != 2 || batch.scores.is_some() {
-            return Err(PreferenceError::Shape {
-                arg: "policy",
-                expected: format!(
-                    "a pairwise batch [B, 2] ranked by position (chosen first): {reason} reads \
-                     each response or the whole batch, not only a pair's margin"
-                ),
-                actual: batch.policy.dims().to_vec(),
-            });
-        }
+        batch.require_pairs(reason)?;
         if needs_pairs.is_some() && batch.soft_labels.is_some() {
             return Err(PreferenceError::InvalidValue {
                 arg: "soft_labels",
@@ -116,53 +107,32 @@ impl DpoLoss {
 
     /// Policy and reference sequence log-probs `[B, K]` as the losses see them (LD-weighted
     /// when `ld_alpha` is set); the reference is `None` when reference-free.
-    fn sequence_logps(
-        &self,
-        batch: &PreferenceBatch,
-    ) -> error::Result<(Tensor<2>, Option<Tensor<2>>)> {
+    fn sequence_logps(&self, batch: &PairedBatch) -> error::Result<(Tensor<2>, Option<Tensor<2>>)> {
         let reference_free = self.config.reference_free;
         let Some(alpha) = self.config.ld_alpha else {
-            let reference = match (&batch.reference, reference_free) {
-                (_, true) => None,
-                (Some(r), false) => Some(r.clone()),
-                (None, false) => {
-                    return Err(PreferenceError::MissingInput {
-                        loss: NAME,
-                        arg: "reference",
-                        why: "add reference log-probs to the batch, or set `reference_free = true`",
-                    });
-                }
-            };
+            let reference = batch.reference(NAME, reference_free)?;
             return Ok((batch.policy.clone(), reference));
         };
         let why = "LD-DPO (`ld_alpha`) splits each response's per-token log-probs: build the \
-                   batch with `PreferenceBatch::from_concatenated` from a gatherer with \
+                   batch with `PairedBatch::from_output` from a gatherer with \
                    `return_token_logps`";
         let side = batch.policy_tokens("LD-DPO", why)?;
-        let policy_tokens = side
-            .token_logps
-            .clone()
-            .ok_or(PreferenceError::MissingInput {
-                loss: "LD-DPO",
-                arg: "token_logps",
-                why,
-            })?;
+        let policy_tokens = side.token_logps("LD-DPO", why)?;
         let weights = ld_weights(&side.valid, alpha);
-        let policy = pairs(weighted_sum(policy_tokens, weights.clone()))?;
+        let policy = pairs_of("policy", weighted_sum(policy_tokens, weights.clone()))?;
         if reference_free {
             return Ok((policy, None));
         }
         let reference_tokens = batch
-            .tokens
-            .reference
+            .reference_tokens
             .as_ref()
             .and_then(|r| r.token_logps.clone())
             .ok_or(PreferenceError::MissingInput {
                 loss: "LD-DPO",
                 arg: "reference token_logps",
                 why: "LD-DPO splits the reference's per-token log-probs too: add them with \
-                      `with_concatenated_reference_output` (gathered with `return_token_logps`), \
-                      or set `reference_free = true`",
+                      `with_reference_output` (gathered with `return_token_logps`), or set \
+                      `reference_free = true`",
             })?;
         crate::check::shape(
             "reference.token_logps",
@@ -170,14 +140,17 @@ impl DpoLoss {
             side.valid.dims().map(Some),
             "the policy's [2B, T']",
         )?;
-        let reference = pairs(weighted_sum(reference_tokens.detach(), weights))?;
+        let reference = pairs_of(
+            "reference",
+            weighted_sum(reference_tokens.detach(), weights),
+        )?;
         Ok((policy, Some(reference)))
     }
 
     /// WPO's detached per-pair weights `[B]`.
-    fn wpo_weights(&self, batch: &PreferenceBatch) -> error::Result<Tensor<1>> {
+    fn wpo_weights(&self, batch: &PairedBatch) -> error::Result<Tensor<1>> {
         let why = "WPO (`use_weighting`) weighs each pair by its per-token probabilities: build \
-                   the batch with `PreferenceBatch::from_concatenated` from a gatherer with \
+                   the batch with `PairedBatch::from_output` from a gatherer with \
                    `return_token_logps` and `return_log_sum_sq_probs`";
         let side = batch.policy_tokens("WPO", why)?;
         let missing = |arg| PreferenceError::MissingInput {
@@ -195,7 +168,7 @@ impl DpoLoss {
         let aligned = token_logps.detach().sub(log_sum_sq.detach()).mul(valid);
         let [rows, _] = aligned.dims();
         let weights = aligned.sum_dim(1).div(count).exp().reshape([rows]);
-        let (chosen, rejected) = split_concatenated("policy", weights)?;
+        let (chosen, rejected) = columns(pairs_of("policy", weights)?);
         Ok(chosen.mul(rejected))
     }
 
@@ -281,20 +254,15 @@ impl DpoLoss {
             }
             DpoLossType::Sft => {
                 let why = "`sft` is the NLL of the chosen completions' tokens: build the batch \
-                           with `PreferenceBatch::from_concatenated` from a gatherer with \
+                           with `PairedBatch::from_output` from a gatherer with \
                            `return_token_logps`";
                 let side = inputs.batch.policy_tokens("sft", why)?;
-                let tokens = side
-                    .token_logps
-                    .clone()
-                    .ok_or(PreferenceError::MissingInput {
-                        loss: "sft",
-                        arg: "token_logps",
-                        why,
-                    })?;
-                let (chosen, _) = split_concatenated("policy.token_logps", tokens)?;
-                let (valid, _) = split_bool(side.valid.clone());
-                let nll = nll::token_mean_nll(chosen, valid)?;
+                let tokens = side.token_logps("sft", why)?;
+                let rows = inputs.batch.prompts();
+                let nll = nll::token_mean_nll(
+                    tokens.narrow(0, 0, rows),
+                    side.valid.clone().narrow(0, 0, rows),
+                )?;
                 // TRL expands the batch scalar to every pair, so WPO weights and the
                 // reduction treat it like the per-pair losses.
                 Tensor::ones([inputs.batch.prompts()], &nll.device()).mul(nll)
@@ -305,7 +273,7 @@ impl DpoLoss {
 
 /// What every loss type reads, computed once per batch.
 struct Inputs<'a> {
-    batch: &'a PreferenceBatch,
+    batch: &'a PairedBatch,
     policy: Tensor<2>,
     reference: Option<Tensor<2>>,
     ratios: Tensor<2>,
@@ -338,16 +306,13 @@ impl Inputs<'_> {
 
     /// TRL's length normalisation of `ipo` and `sigmoid_norm`: scores over token counts.
     fn normalised(&self, loss_type: DpoLossType) -> error::Result<Tensor<2>> {
-        let lengths = self
-            .batch
-            .lengths
-            .clone()
-            .ok_or(PreferenceError::MissingInput {
-                loss: loss_type.as_str(),
-                arg: "lengths",
-                why: "TRL divides each response's score by its completion length: build the batch \
-                  with `PreferenceBatch::from_concatenated` or add `with_lengths`",
-            })?;
+        let name = loss_type.as_str();
+        self.batch.require_sums(name)?;
+        let lengths = self.batch.lengths(
+            name,
+            "TRL divides each response's score by its completion length: build the batch with \
+             `PairedBatch::from_output` or add `with_lengths`",
+        )?;
         Ok(self.scores.clone().div(lengths.clamp_min(1.0)))
     }
 
@@ -358,10 +323,18 @@ impl Inputs<'_> {
 }
 
 impl PreferenceLoss for DpoLoss {
-    fn forward(&self, batch: PreferenceBatch) -> error::Result<PreferenceOutput> {
+    type Batch = PairedBatch;
+
+    fn forward(&self, batch: PairedBatch) -> error::Result<LossOutput> {
         self.check_plain_pairs(&batch)?;
+        if self.config.value_checks {
+            batch.check_values()?;
+        }
         let (policy, reference) = self.sequence_logps(&batch)?;
-        let ratios = log_ratios(policy.clone(), reference.clone())?;
+        let ratios = match reference.clone() {
+            Some(reference) => policy.clone().sub(reference),
+            None => policy.clone(),
+        };
         let scores = self
             .config
             .f_divergence_type
@@ -393,13 +366,12 @@ impl PreferenceLoss for DpoLoss {
             losses = losses.add(part.mul_scalar(*weight));
         }
         let rewards = ratios.detach().mul_scalar(self.config.beta);
-        let metrics = PreferenceMetrics::from_rewards(rewards, policy, &inputs.ranking)
-            .with_token_metrics(super::token_metrics(&batch));
-        Ok(PreferenceOutput {
-            loss: self.config.reduction.apply(losses.clone()),
-            losses,
-            metrics,
-        })
+        let tokens = batch.tokens.as_deref().map(trl::pair_tokens);
+        let metrics =
+            tokens
+                .unwrap_or_default()
+                .merge(trl::paired(rewards, policy, &inputs.ranking));
+        Ok(LossOutput::new(losses, metrics))
     }
 }
 
@@ -409,21 +381,6 @@ fn columns(values: Tensor<2>) -> (Tensor<1>, Tensor<1>) {
     (
         values.clone().narrow(1, 0, 1).reshape([batch]),
         values.narrow(1, 1, 1).reshape([batch]),
-    )
-}
-
-/// Concatenated `[2B]` → `[B, 2]`, chosen first.
-fn pairs(values: Tensor<1>) -> error::Result<Tensor<2>> {
-    let (chosen, rejected) = split_concatenated("policy", values)?;
-    Ok(Tensor::stack(vec![chosen, rejected], 1))
-}
-
-/// Splits concatenated `[2B, T']` mask rows into chosen and rejected halves.
-fn split_bool(valid: Tensor<2, Bool>) -> (Tensor<2, Bool>, Tensor<2, Bool>) {
-    let half = valid.dims()[0] / 2;
-    (
-        valid.clone().narrow(0, 0, half),
-        valid.narrow(0, half, half),
     )
 }
 

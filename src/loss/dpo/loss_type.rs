@@ -10,7 +10,7 @@ use crate::error::PreferenceError;
 /// One DPO-family loss, by TRL 1.16's `loss_type` string (`FromStr`, `Display` and serde use it).
 ///
 /// Per pair, `ℓ = log π − log π_ref` (the sequence log-ratio), `s` the
-/// [f-divergence score](super::FDivergence), `Δ = s(ℓc) − s(ℓr)`, `ε` = `label_smoothing`:
+/// [f-divergence score](crate::loss::FDivergence), `Δ = s(ℓc) − s(ℓr)`, `ε` = `label_smoothing`:
 ///
 /// ```text
 /// sigmoid       −log σ(βΔ)

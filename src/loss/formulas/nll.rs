@@ -7,8 +7,7 @@
 use burn::tensor::{Bool, Tensor};
 
 use crate::check;
-use crate::error::{self, PreferenceError};
-use crate::logps::SequenceLogpsOutput;
+use crate::error;
 
 /// The NLL of the chosen tokens as a token mean over the whole batch, PyTorch's
 /// `CrossEntropyLoss()` with `ignore_index` (what TRL's CPO and ORPO trainers add):
@@ -39,7 +38,7 @@ use crate::logps::SequenceLogpsOutput;
 /// ```
 ///
 /// # Shapes
-/// - token_logps: `[B, T']` (e.g. [`SequenceLogpsOutput::token_logps`] of the chosen rows)
+/// - token_logps: `[B, T']` (e.g. [`SequenceLogpsOutput::token_logps`](crate::logps::SequenceLogpsOutput::token_logps) of the chosen rows)
 /// - mask: `[B, T']`, the tokens that count
 /// - output: `[1]`
 ///
@@ -63,34 +62,4 @@ pub fn token_mean_nll(token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> error::R
     let count = mask.clone().float().sum().clamp_min(1.0);
     let total = token_logps.mask_fill(mask.bool_not(), 0.0).sum();
     Ok(total.neg().div(count))
-}
-
-/// The per-token log-probs of `out`, which the reference-free losses reduce themselves (so the
-/// gatherer's `reduction` cannot be the wrong one for the loss).
-pub(crate) fn token_logps_of(
-    loss: &'static str,
-    arg: &'static str,
-    out: &SequenceLogpsOutput,
-) -> error::Result<Tensor<2>> {
-    out.token_logps
-        .clone()
-        .ok_or(PreferenceError::MissingInput {
-            loss,
-            arg,
-            why: "the loss forms its own sums and token means: gather with \
-                  `SequenceLogpsConfig::with_return_token_logps(true)`",
-        })
-}
-
-/// Splits `[2B, …]` concatenated rows (chosen first, as TRL stacks them) into `B`.
-pub(crate) fn pair_count(arg: &'static str, rows: usize) -> error::Result<usize> {
-    check::non_empty(arg, rows)?;
-    if !rows.is_multiple_of(2) {
-        return Err(PreferenceError::Shape {
-            arg,
-            expected: "[2B] concatenated rows: B chosen, then B rejected".to_string(),
-            actual: vec![rows],
-        });
-    }
-    Ok(rows / 2)
 }

@@ -2,8 +2,8 @@
 //! their boundaries given as segment ids, cumulative lengths or restarting position ids.
 //!
 //! [`Segments`] is the host-side description of such a batch; it is validated once when built
-//! and then drives [`SequenceLogps::forward_packed`](crate::SequenceLogps::forward_packed) and
-//! [`SequenceLogps::forward_linear_packed`](crate::SequenceLogps::forward_linear_packed), which
+//! and then drives [`SequenceLogps::forward_packed`](crate::logps::SequenceLogps::forward_packed) and
+//! [`SequenceLogps::forward_linear_packed`](crate::logps::SequenceLogps::forward_linear_packed), which
 //! return each segment's log-prob in the order the segments were given, exactly as if the
 //! sequences had been padded one per row.
 
@@ -34,7 +34,7 @@ struct Span {
 ///   sequence, as transformers and OpenRLHF pass packed rows.
 ///
 /// ```
-/// use burn_preference::Segments;
+/// use burn_preference::data::Segments;
 ///
 /// // One row of 8 tokens holding a 3-token and a 4-token sequence, then one padding token.
 /// let by_ids = Segments::from_segment_ids(&[0, 0, 0, 1, 1, 1, 1, -1], 1, 8)?;

@@ -2,21 +2,22 @@
 //! `DataCollatorForPreference`, plus packing and ranked lists).
 //!
 //! Pure Rust over token-id vectors: no tokenizer. A batch keeps its layout with it
-//! ([`Layout`]), so the sequence log-probs computed from it go into the matching
-//! [`PreferenceBatch`](crate::PreferenceBatch) builder without a hand-written reshape:
+//! ([`BatchLayout`]), so the sequence log-probs computed from it go into
+//! [`PairedBatch::from_output`](crate::batch::PairedBatch::from_output) without a
+//! hand-written reshape:
 //!
 //! | collated as | log-probs with | then |
 //! |---|---|---|
-//! | [`pad`](PreferenceCollator::pad) | `SequenceLogps::forward` | `PreferenceBatch::concatenated` (chosen rows first) |
-//! | [`pack`](PreferenceCollator::pack) | `SequenceLogps::forward_packed` | `PreferenceBatch::concatenated` (chosen segments first) |
-//! | [`pad_ranked`](PreferenceCollator::pad_ranked) / [`pack_ranked`](PreferenceCollator::pack_ranked) | as above | `reshape([B, K])`, `PreferenceBatch::ranked` with [`Collated::scores`] |
+//! | [`pad`](PreferenceCollator::pad) | `SequenceLogps::forward` | `PairedBatch::from_output(out, collated.layout())` |
+//! | [`pack`](PreferenceCollator::pack) | `SequenceLogps::forward_packed` | the same |
+//! | [`pad_ranked`](PreferenceCollator::pad_ranked) / [`pack_ranked`](PreferenceCollator::pack_ranked) | as above | the same, `.with_scores(collated.scores(&device)?)` |
 
 use burn::config::Config;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::Segments;
 use crate::check;
 use crate::error::{self, PreferenceError};
-use crate::packing::Segments;
 
 /// One pairwise preference example, tokenized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +105,7 @@ impl PreferenceCollatorConfig {
 /// token).
 ///
 /// ```
-/// use burn_preference::{Layout, PreferenceCollatorConfig, PreferenceExample};
+/// use burn_preference::data::{BatchLayout, PreferenceCollatorConfig, PreferenceExample};
 ///
 /// let collator = PreferenceCollatorConfig::new().init()?;
 /// let examples = vec![
@@ -112,12 +113,12 @@ impl PreferenceCollatorConfig {
 ///     PreferenceExample { prompt: vec![7, 8], chosen: vec![9], rejected: vec![10, 11] },
 /// ];
 /// let batch = collator.pad(&examples)?;
-/// assert_eq!(batch.layout, Layout::ChosenFirst { pairs: 2 });
-/// assert_eq!(batch.dims, [4, 5]);
+/// assert_eq!(batch.layout(), BatchLayout::ChosenFirst { pairs: 2 });
+/// assert_eq!(batch.dims(), [4, 5]);
 /// // Chosen rows first, right padding (as TRL's DataCollatorForPreference).
-/// assert_eq!(&batch.input_ids[..5], &[1, 2, 3, 4, 5]);
-/// assert_eq!(&batch.labels[..5], &[-100, -100, -100, 4, 5]);
-/// assert_eq!(&batch.input_ids[15..], &[7, 8, 10, 11, 0]);
+/// assert_eq!(&batch.host_input_ids()[..5], &[1, 2, 3, 4, 5]);
+/// assert_eq!(&batch.host_labels()[..5], &[-100, -100, -100, 4, 5]);
+/// assert_eq!(&batch.host_input_ids()[15..], &[7, 8, 10, 11, 0]);
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,9 +132,9 @@ pub struct PreferenceCollator {
 
 /// How the sequences of a collated batch map to preference candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
+pub enum BatchLayout {
     /// `2B` sequences: the chosen completions of pairs `0..B`, then their rejected ones
-    /// (the layout of `PreferenceBatch::concatenated`).
+    /// (one forward pass over both, as trainers run it).
     ChosenFirst {
         /// `B`.
         pairs: usize,
@@ -148,34 +149,84 @@ pub enum Layout {
     },
 }
 
-/// A collated batch on the host: row-major `[R, T]` vectors, and for packed batches the
-/// segments. Turn the vectors into tensors with the methods of the same names.
+/// A collated batch on the host: row-major `[R, T]` token ids, labels, attention mask and
+/// positions, and for packed batches the segments. Only the collator builds one, so its parts
+/// always agree; turn them into tensors with the methods of the same names.
+///
+/// Its parts cannot be set by hand (they could then disagree):
+///
+/// ```compile_fail
+/// use burn_preference::data::{BatchLayout, Collated};
+///
+/// let inconsistent = Collated {
+///     dims: [2, 3],
+///     input_ids: vec![1],
+///     labels: vec![],
+///     attention_mask: vec![],
+///     position_ids: vec![],
+///     segments: None,
+///     layout: BatchLayout::ChosenFirst { pairs: 1 },
+///     scores: None,
+/// };
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collated {
-    /// `[R, T]`: one row per sequence when padded, several sequences per row when packed.
-    pub dims: [usize; 2],
-    /// Token ids `[R·T]`, `pad_token_id` on padding.
-    pub input_ids: Vec<i64>,
-    /// Labels `[R·T]`: token ids on completions, `ignore_index` on prompts and padding.
-    pub labels: Vec<i64>,
-    /// 1 on tokens, 0 on padding `[R·T]`.
-    pub attention_mask: Vec<i64>,
-    /// Position of each token inside its sequence `[R·T]` (0 on padding).
-    pub position_ids: Vec<i64>,
-    /// The packed sequences' boundaries; `None` for a padded batch.
-    pub segments: Option<Segments>,
-    /// How sequences map to candidates.
-    pub layout: Layout,
-    /// Scores `[B·K]` of ranked batches, prompt-major; `None` for pairs.
-    pub scores: Option<Vec<f32>>,
+    dims: [usize; 2],
+    input_ids: Vec<i64>,
+    labels: Vec<i64>,
+    attention_mask: Vec<i64>,
+    position_ids: Vec<i64>,
+    segments: Option<Segments>,
+    layout: BatchLayout,
+    scores: Option<Vec<f32>>,
 }
 
 impl Collated {
+    /// `[R, T]`: one row per sequence when padded, several sequences per row when packed.
+    pub fn dims(&self) -> [usize; 2] {
+        self.dims
+    }
+
+    /// How the sequences map to candidates.
+    pub fn layout(&self) -> BatchLayout {
+        self.layout
+    }
+
+    /// The packed sequences' boundaries; `None` for a padded batch.
+    pub fn segments(&self) -> Option<&Segments> {
+        self.segments.as_ref()
+    }
+
+    /// Token ids `[R·T]`, row-major, `pad_token_id` on padding.
+    pub fn host_input_ids(&self) -> &[i64] {
+        &self.input_ids
+    }
+
+    /// Labels `[R·T]`: token ids on completions, `ignore_index` on prompts and padding.
+    pub fn host_labels(&self) -> &[i64] {
+        &self.labels
+    }
+
+    /// 1 on tokens, 0 on padding `[R·T]`.
+    pub fn host_attention_mask(&self) -> &[i64] {
+        &self.attention_mask
+    }
+
+    /// Position of each token inside its sequence `[R·T]` (0 on padding).
+    pub fn host_position_ids(&self) -> &[i64] {
+        &self.position_ids
+    }
+
+    /// Scores `[B·K]` of ranked batches, prompt-major; `None` for pairs.
+    pub fn host_scores(&self) -> Option<&[f32]> {
+        self.scores.as_deref()
+    }
+
     /// The number of sequences (rows when padded, segments when packed).
     pub fn sequences(&self) -> usize {
         match self.layout {
-            Layout::ChosenFirst { pairs } => 2 * pairs,
-            Layout::PromptMajor {
+            BatchLayout::ChosenFirst { pairs } => 2 * pairs,
+            BatchLayout::PromptMajor {
                 prompts,
                 candidates,
             } => prompts * candidates,
@@ -202,10 +253,11 @@ impl Collated {
         self.tensor(&self.position_ids, device)
     }
 
-    /// The scores as a `[B, K]` tensor, for `PreferenceBatch::ranked`; `None` for pairs.
+    /// The scores as a `[B, K]` tensor, for
+    /// [`PairedBatch::with_scores`](crate::batch::PairedBatch::with_scores); `None` for pairs.
     pub fn scores(&self, device: &Device) -> Option<Tensor<2>> {
         let (
-            Layout::PromptMajor {
+            BatchLayout::PromptMajor {
                 prompts,
                 candidates,
             },
@@ -270,7 +322,7 @@ impl PreferenceCollator {
     /// fine).
     pub fn pad(&self, examples: &[PreferenceExample]) -> error::Result<Collated> {
         let sequences = self.pairwise_sequences(examples)?;
-        let layout = Layout::ChosenFirst {
+        let layout = BatchLayout::ChosenFirst {
             pairs: examples.len(),
         };
         Ok(self.padded(&sequences, layout, None))
@@ -285,7 +337,7 @@ impl PreferenceCollator {
     /// than `row_len` (after truncation).
     pub fn pack(&self, examples: &[PreferenceExample], row_len: usize) -> error::Result<Collated> {
         let sequences = self.pairwise_sequences(examples)?;
-        let layout = Layout::ChosenFirst {
+        let layout = BatchLayout::ChosenFirst {
             pairs: examples.len(),
         };
         self.packed(&sequences, row_len, layout, None)
@@ -331,7 +383,7 @@ impl PreferenceCollator {
     fn ranked_sequences(
         &self,
         examples: &[RankedExample],
-    ) -> error::Result<(Vec<Sequence>, Layout, Vec<f32>)> {
+    ) -> error::Result<(Vec<Sequence>, BatchLayout, Vec<f32>)> {
         non_empty(examples.len())?;
         let candidates = examples[0].completions.len();
         let mut sequences = Vec::with_capacity(examples.len() * candidates);
@@ -360,7 +412,7 @@ impl PreferenceCollator {
             }
             scores.extend_from_slice(&example.scores);
         }
-        let layout = Layout::PromptMajor {
+        let layout = BatchLayout::PromptMajor {
             prompts: examples.len(),
             candidates,
         };
@@ -399,7 +451,12 @@ impl PreferenceCollator {
         Ok(Sequence { ids, labels })
     }
 
-    fn padded(&self, sequences: &[Sequence], layout: Layout, scores: Option<Vec<f32>>) -> Collated {
+    fn padded(
+        &self,
+        sequences: &[Sequence],
+        layout: BatchLayout,
+        scores: Option<Vec<f32>>,
+    ) -> Collated {
         // At least 2 positions: the causal shift pairs position t with label t + 1.
         let longest = sequences
             .iter()
@@ -422,7 +479,7 @@ impl PreferenceCollator {
         &self,
         sequences: &[Sequence],
         row_len: usize,
-        layout: Layout,
+        layout: BatchLayout,
         scores: Option<Vec<f32>>,
     ) -> error::Result<Collated> {
         if row_len < 2 {
@@ -464,7 +521,7 @@ impl PreferenceCollator {
         Ok(out)
     }
 
-    fn empty(&self, dims: [usize; 2], layout: Layout, scores: Option<Vec<f32>>) -> Collated {
+    fn empty(&self, dims: [usize; 2], layout: BatchLayout, scores: Option<Vec<f32>>) -> Collated {
         let len = dims[0] * dims[1];
         Collated {
             dims,

@@ -2,13 +2,13 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::zoo::DpoLoss;
-use super::{DpoLossType, FDivergence, Reduction};
+use super::{DpoLoss, DpoLossType};
 use crate::check;
 use crate::error::{self, PreferenceError};
+use crate::loss::FDivergence;
 
 /// The loss keys of TRL's `DPOConfig` (same names, same string values, same defaults), plus
-/// this crate's `reference_free` and `reduction`. [`init`](Self::init) validates them and
+/// this crate's `reference_free` and `value_checks`. [`init`](Self::init) validates them and
 /// builds a [`DpoLoss`].
 ///
 /// A JSON written for TRL (or TRL's `DPOConfig.to_dict()`) deserialises directly: missing keys
@@ -16,7 +16,7 @@ use crate::error::{self, PreferenceError};
 /// `loss_type` may be a string or a list.
 ///
 /// ```
-/// use burn_preference::{DpoConfig, DpoLossType};
+/// use burn_preference::loss::{DpoConfig, DpoLossType};
 ///
 /// let config: DpoConfig = serde_json::from_str(
 ///     r#"{"beta": 0.1, "loss_type": ["sigmoid", "sft"], "loss_weights": [0.8, 0.2]}"#,
@@ -30,7 +30,7 @@ use crate::error::{self, PreferenceError};
 /// `exo_pair`, `aot` and `aot_unpaired`; `sigmoid` ignores it. Rather than silently ignore a
 /// value that was set, `init` refuses `label_smoothing > 0` when no chosen loss type reads it.
 /// Conservative DPO (`(1 − ε)·softplus(−βh) + ε·softplus(βh)`) is
-/// [`PsiPoConfig::new(Psi::Logit).with_label_smoothing(ε)`](super::PsiPoConfig), or soft labels
+/// [`PsiPoConfig::new(Psi::Logit).with_label_smoothing(ε)`](crate::loss::PsiPoConfig), or soft labels
 /// `q = 1 − ε` on the batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -66,8 +66,11 @@ pub struct DpoConfig {
     /// Train without a reference model (`log π_ref = 0`); any reference in the batch is
     /// ignored. Not a TRL `DPOConfig` key. Default: `false`.
     pub reference_free: bool,
-    /// Reduction over prompts. Not a TRL key. Default: [`Reduction::Mean`] (TRL's).
-    pub reduction: Reduction,
+    /// Check the values of the batch's scores, soft labels and lengths, reading them back to
+    /// the host (a GPU step then waits for its queued work). With `false` the forward never
+    /// reads a tensor back, and bad values go into the loss as they are. Not a TRL key.
+    /// Default: `true`.
+    pub value_checks: bool,
 }
 
 impl Default for DpoConfig {
@@ -83,7 +86,7 @@ impl Default for DpoConfig {
             ld_alpha: None,
             discopop_tau: 0.05,
             reference_free: false,
-            reduction: Reduction::Mean,
+            value_checks: true,
         }
     }
 }
@@ -176,9 +179,9 @@ impl DpoConfig {
         self
     }
 
-    /// Sets `reduction`.
-    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
-        self.reduction = reduction;
+    /// Sets `value_checks`.
+    pub fn with_value_checks(mut self, value_checks: bool) -> Self {
+        self.value_checks = value_checks;
         self
     }
 
