@@ -456,7 +456,7 @@ mod tests {
     use burn::backend::{TensorData, ops::IntTensorOps, read_sync};
     use burn_cubecl::CubeDevice;
 
-    use crate::fused::{Extras, Transform, thread_path_counters};
+    use crate::fused::{Extras, Transform, fused_path_counters};
 
     fn device() -> CubeDevice {
         CubeDevice::Wgpu(Default::default())
@@ -582,7 +582,7 @@ mod tests {
         let z = held(logits, dtype)?;
         let grad64: Vec<f64> = grad.iter().map(|&g| f64::from(g)).collect();
         let want = reference(&z, v, targets, &spec, &grad64);
-        let before = thread_path_counters();
+        let before = fused_path_counters();
         let ids = CubeBackend::int_from_data(TensorData::new(targets.to_vec(), [n]), &device());
         let x = floats(logits, [n, v], dtype);
         let (out, max, log_sum, entropy) =
@@ -602,7 +602,7 @@ mod tests {
         if let Some(kept) = kept {
             close(&format!("{what}: kept logits"), &read(kept)?, &z, 0.0, 0.0);
         }
-        let after = thread_path_counters();
+        let after = fused_path_counters();
         assert_eq!(
             after.cube_forward - before.cube_forward,
             1,

@@ -62,8 +62,6 @@ mod linear;
 #[cfg(feature = "ndarray")]
 mod ndarray;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use burn::backend::{
     Backend, Dispatch, DispatchDevice, backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -308,9 +306,6 @@ pub(crate) fn token_logps(logits: Tensor<2>, targets: Tensor<1, Int>, spec: Spec
     Tensor::from_dispatch(out)
 }
 
-/// How often each implementation ran, for tests that must observe the path they claim.
-static COUNTERS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-
 /// Which implementation of the fused op ran.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Path {
@@ -323,25 +318,20 @@ pub(crate) enum Path {
 }
 
 thread_local! {
-    /// The same counts for the calling thread only: the library's own tests run in parallel in
-    /// one process, so a test that asserts exact changes reads these, which no other test bumps.
-    static THREAD_COUNTERS: [std::cell::Cell<u64>; 6] = const { [const { std::cell::Cell::new(0) }; 6] };
+    /// How often each implementation ran on this thread, for tests that must observe the path
+    /// they claim. Per thread, so that tests running in parallel in one process never see each
+    /// other's calls.
+    static COUNTERS: [std::cell::Cell<u64>; 6] = const { [const { std::cell::Cell::new(0) }; 6] };
 }
 
 pub(crate) fn count(path: Path) {
-    COUNTERS[path as usize].fetch_add(1, Ordering::Relaxed);
-    THREAD_COUNTERS.with(|c| c[path as usize].set(c[path as usize].get() + 1));
+    COUNTERS.with(|c| c[path as usize].set(c[path as usize].get() + 1));
 }
 
-/// [`fused_path_counters`] of the calling thread alone (the op counts on the thread that runs
-/// it: the caller's, for the plain CPU and CubeCL backends the library's tests use).
-#[cfg(test)]
-pub(crate) fn thread_path_counters() -> FusedPathCounters {
-    THREAD_COUNTERS.with(|c| FusedPathCounters::from_fn(|path| c[path as usize].get()))
-}
-
-/// Calls of each implementation of the fused log-prob op since the process started, process
-/// wide. A probe for tests that must observe which path ran; not a stable API.
+/// Calls of each implementation of the fused log-prob op made on the calling thread. The op
+/// counts on the thread that runs it: the caller's (under burn's fusion, the thread whose read
+/// runs the queued operations; in a backward pass, the thread calling `backward`). A probe for
+/// tests that must observe which path ran; not a stable API.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FusedPathCounters {
@@ -365,7 +355,7 @@ pub struct FusedPathCounters {
 /// The current [`FusedPathCounters`].
 #[doc(hidden)]
 pub fn fused_path_counters() -> FusedPathCounters {
-    FusedPathCounters::from_fn(|path| COUNTERS[path as usize].load(Ordering::Relaxed))
+    COUNTERS.with(|c| FusedPathCounters::from_fn(|path| c[path as usize].get()))
 }
 
 impl FusedPathCounters {
@@ -383,23 +373,26 @@ impl FusedPathCounters {
 
 #[cfg(test)]
 mod tests {
-    use super::{Path, count, fused_path_counters, thread_path_counters};
+    use super::{Path, count, fused_path_counters};
 
     /// What made the CubeCL unit test flaky: another test of the same binary, running the CPU
-    /// kernels in parallel, bumped the process-wide counts between its two reads. The calling
-    /// thread's counts see only its own calls.
+    /// kernels in parallel, bumped process-wide counts between its two reads. Each thread's
+    /// counts see only its own calls.
     #[test]
     fn another_threads_calls_leave_this_threads_counts_alone() {
-        let (mine, all) = (thread_path_counters(), fused_path_counters());
-        std::thread::spawn(|| count(Path::CopyingBackward))
-            .join()
-            .map_err(|_| "the counting thread panicked")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(thread_path_counters(), mine);
-        assert!(fused_path_counters().copying_backward > all.copying_backward);
+        let mine = fused_path_counters();
+        let theirs = std::thread::spawn(|| {
+            count(Path::CopyingBackward);
+            fused_path_counters()
+        })
+        .join()
+        .map_err(|_| "the counting thread panicked")
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(theirs.copying_backward, 1);
+        assert_eq!(fused_path_counters(), mine);
         count(Path::InPlaceBackward);
         assert_eq!(
-            thread_path_counters().in_place_backward,
+            fused_path_counters().in_place_backward,
             mine.in_place_backward + 1
         );
     }
