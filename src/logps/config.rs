@@ -28,7 +28,7 @@ pub struct SequenceLogpsConfig {
     pub shift: bool,
     /// Label value that marks a position as ignored (prompt, padding); within the `i32` range.
     /// Default: `-100`, as in PyTorch and TRL. Other labels outside `[0, V)` are an error, or
-    /// ignored as well with [`strict_labels`](Self::strict_labels) off; never used as indices.
+    /// ignored as well with [`value_checks`](Self::value_checks) off; never used as indices.
     #[config(default = -100)]
     pub ignore_index: i64,
     /// Reduction over the valid tokens of each sequence. Default: [`LogpReduction::Sum`].

@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 pub use crate::fused::HeadLayout;
 
-/// A linear LM head for [`SequenceLogps::forward_linear`]: the weight in either layout and an
+/// A linear LM head for [`SequenceLogps::forward_linear`](super::SequenceLogps::forward_linear): the weight in either layout and an
 /// optional bias. A plain `Tensor<2>` converts into a bias-free `[V, H]` head.
 ///
 /// ```

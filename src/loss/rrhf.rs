@@ -44,7 +44,7 @@ impl RrhfConfig {
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`PreferenceError::OutOfRange`] for a negative weight or a length penalty outside
+    /// [`PreferenceError::OutOfRange`](crate::PreferenceError::OutOfRange) for a negative weight or a length penalty outside
     /// `[0, 1e6]`.
     pub fn init(&self) -> error::Result<RrhfLoss> {
         let non_negative = |v: f64| v >= 0.0;

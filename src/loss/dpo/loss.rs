@@ -14,7 +14,7 @@ use crate::metrics::trl;
 /// TRL 1.16's `DPOTrainer` loss, built by [`DpoConfig::init`].
 ///
 /// With `ℓ = log π − log π_ref` per response (sequence sums of token log-probs, LD-weighted
-/// when `ld_alpha` is set), `s` the [f-divergence score](super::FDivergence) and `W_b` the WPO
+/// when `ld_alpha` is set), `s` the [f-divergence score](crate::loss::FDivergence) and `W_b` the WPO
 /// weight of pair `b` (1 without `use_weighting`):
 ///
 /// ```text
@@ -107,7 +107,10 @@ impl DpoLoss {
 
     /// Policy and reference sequence log-probs `[B, K]` as the losses see them (LD-weighted
     /// when `ld_alpha` is set); the reference is `None` when reference-free.
-    fn sequence_logps(&self, batch: &PairedBatch) -> error::Result<(Tensor<2>, Option<Tensor<2>>)> {
+    fn policy_and_reference(
+        &self,
+        batch: &PairedBatch,
+    ) -> error::Result<(Tensor<2>, Option<Tensor<2>>)> {
         let reference_free = self.config.reference_free;
         let Some(alpha) = self.config.ld_alpha else {
             let reference = batch.reference(NAME, reference_free)?;
@@ -330,7 +333,7 @@ impl PreferenceLoss for DpoLoss {
         if self.config.value_checks {
             batch.check_values()?;
         }
-        let (policy, reference) = self.sequence_logps(&batch)?;
+        let (policy, reference) = self.policy_and_reference(&batch)?;
         let ratios = match reference.clone() {
             Some(reference) => policy.clone().sub(reference),
             None => policy.clone(),

@@ -43,8 +43,8 @@ use crate::error;
 /// - output: `[1]`
 ///
 /// # Errors
-/// [`PreferenceError::Shape`] when the mask's shape differs from the log-probs',
-/// [`PreferenceError::Empty`] for `B = 0`, [`PreferenceError::DeviceMismatch`] when the two
+/// [`PreferenceError::Shape`](crate::PreferenceError::Shape) when the mask's shape differs from the log-probs',
+/// [`PreferenceError::Empty`](crate::PreferenceError::Empty) for `B = 0`, [`PreferenceError::DeviceMismatch`](crate::PreferenceError::DeviceMismatch) when the two
 /// live on different devices.
 pub fn token_mean_nll(token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> error::Result<Tensor<1>> {
     let dims = token_logps.dims();
