@@ -19,7 +19,7 @@ use crate::metrics::trl;
 ///
 /// ```text
 /// L_b = Σ_k w_k · L_k(b) · W_b          w_k = loss_weights (default 1)
-/// L   = mean_b L_b                        (Reduction::Mean; TRL's Σ_k w_k mean_b(L_k · W))
+/// L   = mean_b L_b                        (TRL's Σ_k w_k mean_b(L_k · W))
 /// W_b = exp(mean_t[ℓ_t − log Σ_v p_v²])_chosen · exp(…)_rejected    (detached)
 /// LD:   log π(y) = Σ_{t ≤ min(|yc|, |yr|)} ℓ_t + α·Σ_{t > min(|yc|, |yr|)} ℓ_t
 /// ```
