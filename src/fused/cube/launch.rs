@@ -169,7 +169,8 @@ fn backward(
         dtype_to_storage_type(logits.dtype),
         dtype_to_storage_type(targets.dtype),
     ];
-    // The gradient overwrites the logits when nothing else holds them.
+    // The gradient overwrites the logits when nothing else holds them. Sound because
+    // `kernels::backward` is strictly elementwise (reads z[i], writes dz[i], row stats passed in).
     let in_place = logits.can_mut() && logits.is_nonoverlapping();
     let (dz, dz_arg) = if in_place {
         count(Path::InPlaceBackward);
