@@ -28,7 +28,8 @@
 //!   loops vectorise; they are compiled three times, for the baseline target, with `avx2,fma`
 //!   and with AVX-512 (picked at run time, [`cpu_kernel_isa`]), because x86-64's baseline is
 //!   SSE2 only.
-//! - Rows are split into one contiguous range per core with `std::thread::scope`.
+//! - Rows are split into one contiguous range per thread of the rayon pool the call runs in
+//!   (burn's, or the caller's), run as tasks of that pool ([`threads`]).
 //! - The row source is generic ([`Elem`]): `f32` rows are read as they are; `f16`/`bf16` rows
 //!   are converted one block at a time into an L1 scratch buffer and everything is accumulated
 //!   in `f32`. Outputs and row stats are `f32`; the gradient has the logits' element type, each
