@@ -53,7 +53,7 @@ impl CpuKernelIsa {
 /// The instruction set the CPU kernels use in this process: [`CpuKernelIsa::detected`], capped
 /// by the environment variable `BURN_PREFERENCE_CPU_ISA` when it is set (read once; a value
 /// other than `baseline`, `avx2` or `avx512` is ignored). Benchmarks use the cap to compare
-/// levels on one machine.
+/// levels on one machine; `docs/performance.md` describes it for users.
 pub fn cpu_kernel_isa() -> CpuKernelIsa {
     static ISA: OnceLock<CpuKernelIsa> = OnceLock::new();
     *ISA.get_or_init(|| {
