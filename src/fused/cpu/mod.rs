@@ -24,20 +24,20 @@
 //! - Backward: one pass reading `z` and writing `dz`; the gradient is the only `[N, V]` buffer.
 //! - The plain path, the transform and the extras are separate monomorphisations (const
 //!   generics), so what is not requested costs nothing.
-//! - `exp` is a branch-free polynomial ([`exp_nonpos`]) of plain float and integer ops, so the
+//! - `exp` is a branch-free polynomial ([`exp_nonpos`](maths::exp_nonpos)) of plain float and integer ops, so the
 //!   loops vectorise; they are compiled three times, for the baseline target, with `avx2,fma`
 //!   and with AVX-512 (picked at run time, [`cpu_kernel_isa`]), because x86-64's baseline is
 //!   SSE2 only.
 //! - Rows are split into one contiguous range per thread of the rayon pool the call runs in
 //!   (burn's, or the caller's), run as tasks of that pool ([`threads`]).
-//! - The row source is generic ([`Elem`]): `f32` rows are read as they are; `f16`/`bf16` rows
+//! - The row source is generic ([`Elem`](element::Elem)): `f32` rows are read as they are; `f16`/`bf16` rows
 //!   are converted one block at a time into an L1 scratch buffer and everything is accumulated
 //!   in `f32`. Outputs and row stats are `f32`; the gradient has the logits' element type, each
 //!   block computed in `f32` and rounded once when stored.
 //!
 //! The files, one concern each:
 //!
-//! - [`element`]: the element types the kernels read ([`Elem`]: `f32`, `f16`, `bf16`).
+//! - [`element`]: the element types the kernels read ([`Elem`](element::Elem): `f32`, `f16`, `bf16`).
 //! - [`maths`]: the branch-free `exp`/`tanh` polynomials, the vectorised reductions, the
 //!   logits transform.
 //! - [`rows`]: the forward and backward of one row, and the loops over a range of rows.
@@ -48,7 +48,7 @@
 //!   which split the rows into one contiguous range per thread.
 //! - [`buffers`]: scratch and output buffers (transparent huge pages on Linux).
 //! - [`host`]: the glue between a CPU backend's tensors and the kernels ([`host::HostSlices`]),
-//!   and [`flex`] / [`ndarray`] its implementations.
+//!   and `flex.rs` / `ndarray.rs` its implementations.
 
 mod buffers;
 mod element;

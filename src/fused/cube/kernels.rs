@@ -298,7 +298,7 @@ pub(crate) fn forward_finish<F: Float, I: Int>(
 /// negative target; `y ≥ V` has no one-hot term (its column is outside these logits).
 ///
 /// `dz` may be the logits' own buffer (the in-place backward, `as_tensor_alias` in
-/// [`super::launch`]). That is sound because the kernel is strictly elementwise: the unit that
+/// `launch.rs`). That is sound because the kernel is strictly elementwise: the unit that
 /// handles column `c` of a row reads `logits[base + c]` and then writes `dz[base + c]`, the same
 /// index and no other, and no unit reads a logit at any other index (the label's one-hot term
 /// is a comparison of indices, not a read of `z_y`). Every row-wide quantity (max, log-sum,
