@@ -8,7 +8,7 @@
 //!   `extension`): `Dispatch` routes the call to the tensor's backend at run time.
 //! - `Autodiff<B, C>` implements it with a custom backward step ([`autodiff`]) that saves only
 //!   the row max and row log-sum `[N]` (the logits are kept alive by reference, not copied).
-//! - Flex and NdArray run the fused slice kernels of [`kernel`]: one read pass per row forward,
+//! - Flex and NdArray run the fused slice kernels of [`cpu`]: one read pass per row forward,
 //!   one read + one write pass backward, vectorised `exp`, all cores. On flex the backward
 //!   writes over the logits when nothing else holds them. Flex's `f16`/`bf16` logits are read
 //!   as they are (NdArray has no half storage).
@@ -50,17 +50,11 @@
 #[cfg(feature = "autodiff")]
 mod autodiff;
 mod composed;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
-#[cfg(feature = "flex")]
-mod flex;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-mod host;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-mod kernel;
 mod linear;
-#[cfg(feature = "ndarray")]
-mod ndarray;
 
 use burn::backend::{
     Backend, Dispatch, DispatchDevice, backend_extension,
@@ -69,7 +63,7 @@ use burn::backend::{
 use burn::tensor::{Device, Int, Tensor};
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
-pub use kernel::{CpuKernelIsa, cpu_kernel_isa};
+pub use cpu::{CpuKernelIsa, cpu_kernel_isa};
 pub use linear::HeadLayout;
 pub(crate) use linear::token_logps as linear_token_logps;
 

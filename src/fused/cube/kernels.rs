@@ -296,7 +296,17 @@ pub(crate) fn forward_finish<F: Float, I: Int>(
 /// `dz [N, V]` in the logits' dtype, `block` columns of one row per cube:
 /// `dz'_v = g (1[v = y] − p_v) − g_H p_v (log p_v + H)`, times `∂z'_v/∂z_v`; 0 on rows with a
 /// negative target; `y ≥ V` has no one-hot term (its column is outside these logits).
-/// `dz` may be the logits' own buffer (each element is read, then written, by one unit).
+///
+/// `dz` may be the logits' own buffer (the in-place backward, `as_tensor_alias` in
+/// `launch.rs`). That is sound because the kernel is strictly elementwise: the unit that
+/// handles column `c` of a row reads `logits[base + c]` and then writes `dz[base + c]`, the same
+/// index and no other, and no unit reads a logit at any other index (the label's one-hot term
+/// is a comparison of indices, not a read of `z_y`). Every row-wide quantity (max, log-sum,
+/// entropy) was computed by the forward and comes in through `row_max`, `row_log_sum` and
+/// `row_entropy`, separate buffers, so no invocation reads a logit that another invocation has
+/// already overwritten. Each `(row, column)` belongs to exactly one cube (disjoint column
+/// blocks) and one unit of it (stride `CUBE_DIM_X`). A change that reads a neighbouring logit
+/// or a row reduction over `logits` here must drop the in-place path.
 #[cube(launch, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<F: Float, I: Int>(

@@ -25,4 +25,4 @@ impl HostSlices for NdArray {
     }
 }
 
-super::plain_token_logp_ops!(NdArray);
+crate::fused::plain_token_logp_ops!(NdArray);

@@ -1,4 +1,4 @@
-//! Glue between the CPU backends' primitives and the slice kernels of [`super::kernel`].
+//! Glue between the CPU backends' primitives and the slice kernels of [`super`].
 //!
 //! `f32`, `f16` and `bf16` logits take the kernels where the backend lends their storage
 //! ([`HostSlices`]); anything else (e.g. `f64`, or half logits on a backend without half
@@ -14,8 +14,12 @@ use burn::backend::{
 };
 use burn::tensor::{Element, Shape, bf16, f16};
 
-use super::composed::{self, dims2};
-use super::{Path, RowStats, Spec, TokenLogpKernels, count, kernel};
+use super::element::Elem;
+use super::isa::cpu_kernel_isa;
+use super::rows::Rows;
+use super::threads;
+use crate::fused::composed::{self, dims2};
+use crate::fused::{Path, RowStats, Spec, TokenLogpKernels, count};
 
 /// A CPU backend whose float primitive can lend its storage as a slice, per element type.
 /// The half-precision methods default to `None` (no such storage: the composed path).
@@ -62,7 +66,7 @@ pub(crate) trait HostSlices: Backend {
 
 /// A logits element type the kernels read, and how to borrow it from a [`HostSlices`] backend:
 /// the one place that maps an element type to the backend's method for it.
-trait HostElem: kernel::Elem + Element {
+trait HostElem: Elem + Element {
     fn lend<B: HostSlices, R>(tensor: &FloatTensor<B>, f: impl FnOnce(&[Self]) -> R) -> Option<R>;
     fn lend_mut<B: HostSlices, R>(
         tensor: &mut FloatTensor<B>,
@@ -162,16 +166,16 @@ fn forward<B: HostSlices>(
     let (Some(kind), Some(host_targets)) = (kind, host) else {
         return composed::forward::<B>(logits, targets, spec);
     };
-    let isa = kernel::cpu_kernel_isa();
+    let isa = cpu_kernel_isa();
     let out = match kind {
         Kind::F32 => f32::lend::<B, _>(&logits, |z| {
-            kernel::forward(isa, z, v, &host_targets, &spec)
+            threads::forward(isa, z, v, &host_targets, &spec)
         }),
         Kind::F16 => f16::lend::<B, _>(&logits, |z| {
-            kernel::forward(isa, z, v, &host_targets, &spec)
+            threads::forward(isa, z, v, &host_targets, &spec)
         }),
         Kind::BF16 => bf16::lend::<B, _>(&logits, |z| {
-            kernel::forward(isa, z, v, &host_targets, &spec)
+            threads::forward(isa, z, v, &host_targets, &spec)
         }),
     };
     let Some(out) = out else {
@@ -203,7 +207,7 @@ fn host_rows<B: Backend>(
     stats: &RowStats<B>,
     grad: &FloatTensor<B>,
     spec: &Spec,
-) -> Option<kernel::Rows> {
+) -> Option<Rows> {
     let k = spec.extras.columns();
     let targets = read_i64::<B>(targets.clone())?;
     let max = read_f32::<B>(stats.max.clone())?;
@@ -224,7 +228,7 @@ fn host_rows<B: Backend>(
         }
         _ => (Vec::new(), Vec::new()),
     };
-    let rows = kernel::Rows {
+    let rows = Rows {
         targets,
         max,
         log_sum,
@@ -262,7 +266,7 @@ fn backward_as<B: HostSlices, E: HostElem>(
     logits: FloatTensor<B>,
     n: usize,
     v: usize,
-    rows: &kernel::Rows,
+    rows: &Rows,
     spec: &Spec,
 ) -> Result<FloatTensor<B>, FloatTensor<B>> {
     let transform = spec.transform;
@@ -270,7 +274,7 @@ fn backward_as<B: HostSlices, E: HostElem>(
     // moved into it): then the gradient overwrites them, with no `[N, V]` allocation at all.
     let mut logits = logits;
     if E::lend_mut::<B, _>(&mut logits, |z| {
-        kernel::backward_in_place(kernel::cpu_kernel_isa(), z, v, rows, &transform)
+        threads::backward_in_place(cpu_kernel_isa(), z, v, rows, &transform)
     })
     .is_some()
     {
@@ -278,7 +282,7 @@ fn backward_as<B: HostSlices, E: HostElem>(
         return Ok(logits);
     }
     let Some(out) = E::lend::<B, _>(&logits, |z| {
-        kernel::backward(kernel::cpu_kernel_isa(), z, v, rows, &transform)
+        threads::backward(cpu_kernel_isa(), z, v, rows, &transform)
     }) else {
         return Err(logits);
     };

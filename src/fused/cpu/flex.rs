@@ -43,4 +43,4 @@ impl HostSlices for Flex {
     flex_slices!(bf16, DType::BF16, with_bf16, with_bf16_mut);
 }
 
-super::plain_token_logp_ops!(Flex);
+crate::fused::plain_token_logp_ops!(Flex);
