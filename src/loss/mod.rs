@@ -1,5 +1,6 @@
 //! Preference losses, one contract: every loss implements [`PreferenceLoss`], reads one batch
-//! type ([`PairedBatch`] or [`UnpairedBatch`]) and returns one [`LossOutput`]: the loss, each
+//! type ([`PairedBatch`](crate::batch::PairedBatch) or
+//! [`UnpairedBatch`](crate::batch::UnpairedBatch)) and returns one [`LossOutput`]: the loss, each
 //! example's share of it, and its [`Metrics`] under TRL's names.
 //!
 //! | loss | batch | per example | reference | pick it when |
@@ -55,8 +56,6 @@ pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
 
 use burn::tensor::Tensor;
 
-#[allow(unused_imports)] // the doc links
-use crate::batch::{PairedBatch, UnpairedBatch};
 use crate::error::Result;
 use crate::metrics::Metrics;
 
@@ -77,7 +76,8 @@ use crate::metrics::Metrics;
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 pub trait PreferenceLoss {
-    /// The batch the loss reads: [`PairedBatch`] or [`UnpairedBatch`].
+    /// The batch the loss reads: [`PairedBatch`](crate::batch::PairedBatch) or
+    /// [`UnpairedBatch`](crate::batch::UnpairedBatch).
     type Batch;
 
     /// Computes the loss and its metrics for one batch.
