@@ -57,7 +57,7 @@ impl PairedBatch {
     /// # Shapes
     /// - `policy.logps`, `policy.counts`: `[2B]` or `[B·K]`; per-token tensors: `[2B, T']`
     pub fn from_output(policy: SequenceLogpsOutput, layout: BatchLayout) -> Result<Self> {
-        let [prompts, candidates] = candidates_of(&policy, layout)?;
+        let [prompts, candidates] = candidates_of("policy.logps", &policy, layout)?;
         let counts = policy.counts.clone();
         check::batch(
             "policy.counts",
@@ -100,7 +100,7 @@ impl PairedBatch {
             why: "the reference rows are laid out as the policy's: build the batch with \
                   `PairedBatch::from_output`, or add plain log-probs with `with_reference`",
         })?;
-        let [prompts, candidates] = candidates_of(&reference, layout)?;
+        let [prompts, candidates] = candidates_of("reference.logps", &reference, layout)?;
         let (logps, tokens) = match layout {
             BatchLayout::ChosenFirst { .. } => {
                 let side = TokenSide::from_output("reference", &reference)?;
@@ -116,8 +116,12 @@ impl PairedBatch {
     }
 }
 
-/// `[B, K]` of a layout, checked against the output's number of rows.
-fn candidates_of(output: &SequenceLogpsOutput, layout: BatchLayout) -> Result<[usize; 2]> {
+/// `[B, K]` of a layout, checked against the output's number of rows; `arg` names the output.
+fn candidates_of(
+    arg: &'static str,
+    output: &SequenceLogpsOutput,
+    layout: BatchLayout,
+) -> Result<[usize; 2]> {
     let rows = output.logps.dims()[0];
     let (prompts, candidates) = match layout {
         BatchLayout::ChosenFirst { pairs } => (pairs, 2),
@@ -128,7 +132,7 @@ fn candidates_of(output: &SequenceLogpsOutput, layout: BatchLayout) -> Result<[u
     };
     if rows != prompts * candidates {
         return Err(PreferenceError::Shape {
-            arg: "policy.logps",
+            arg,
             expected: format!("{prompts} × {candidates} sequences, as the layout says"),
             actual: vec![rows],
         });
