@@ -3,6 +3,8 @@
 //! Tests are written once over `devices()`; the device is a parameter, not a copy.
 #![allow(dead_code)]
 
+pub mod cases;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Every backend compiled in: flex and ndarray on CPU, wgpu (a real GPU or the lavapipe CPU
