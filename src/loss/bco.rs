@@ -1,7 +1,6 @@
 //! BCO (Jung et al. 2024, "Binary Classifier Optimization"): unpaired examples scored by a
 //! logistic classifier on the implicit reward, with a running reward shift δ.
 
-use burn::config::Config;
 use burn::tensor::{Device, Tensor};
 
 use super::{LossOutput, PreferenceLoss};
@@ -11,17 +10,16 @@ use crate::error::{self, PreferenceError};
 use crate::metrics::{Metric, Metrics, trl};
 use crate::numerics::softplus;
 
-/// Configuration of [`BcoLoss`]. TRL 1.16 has no BCO trainer (only DPO's `"bco_pair"`); the
-/// key name and default follow the `BCOConfig` of earlier TRL releases.
-#[derive(Config, Debug)]
-pub struct BcoConfig {
+trl_config! {
+    /// Configuration of [`BcoLoss`]. TRL 1.16 has no BCO trainer (only DPO's `"bco_pair"`); the
+    /// key name and default follow the `BCOConfig` of earlier TRL releases.
+    pub struct BcoConfig {
     /// β, in `[1e-8, 1e8]`. Default: `0.1`.
-    #[config(default = 0.1)]
-    pub beta: f64,
+        beta / with_beta: f64 = 0.1,
     /// Check the batch's values, reading them back to the host: labels 0 or 1, finite
     /// log-probs. `false` never reads a tensor back. Default: `true`.
-    #[config(default = true)]
-    pub value_checks: bool,
+        value_checks / with_value_checks: bool = true,
+    }
 }
 
 impl BcoConfig {

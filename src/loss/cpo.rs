@@ -4,7 +4,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::config::Config;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -81,41 +80,35 @@ impl FromStr for CpoLossType {
     }
 }
 
-/// Configuration of [`CpoLoss`], with TRL's `CPOConfig` key names and defaults, so a TRL
-/// config's JSON deserialises into it (unknown keys aside).
-///
-/// SimPO is `loss_type = "simpo"` (set `cpo_alpha = 0` for the paper's loss without the NLL
-/// term); AlphaPO is `loss_type = "alphapo"` with a non-zero `alpha` (any loss type honours a
-/// non-zero `alpha`, as in TRL).
-#[derive(Config, Debug)]
-pub struct CpoConfig {
+trl_config! {
+    /// Configuration of [`CpoLoss`], with TRL's `CPOConfig` key names and defaults, so a TRL
+    /// config's JSON deserialises into it (unknown keys aside).
+    ///
+    /// SimPO is `loss_type = "simpo"` (set `cpo_alpha = 0` for the paper's loss without the NLL
+    /// term); AlphaPO is `loss_type = "alphapo"` with a non-zero `alpha` (any loss type honours a
+    /// non-zero `alpha`, as in TRL).
+    pub struct CpoConfig {
     /// β, the temperature of the preference term, in `[1e-8, 1e8]`. Default: `0.1`.
-    #[config(default = 0.1)]
-    pub beta: f64,
+        beta / with_beta: f64 = 0.1,
     /// ε ∈ [0, 0.5): assumed rate of flipped labels, for `sigmoid` and `simpo` (`hinge` and
     /// `ipo` ignore it, as TRL does). Default: `0.0`.
-    #[config(default = 0.0)]
-    pub label_smoothing: f64,
+        label_smoothing / with_label_smoothing: f64 = 0.0,
     /// The loss type. Default: [`CpoLossType::Sigmoid`].
-    #[config(default = "CpoLossType::Sigmoid")]
-    pub loss_type: CpoLossType,
+        loss_type / with_loss_type: CpoLossType = CpoLossType::Sigmoid,
     /// Weight of the NLL of the chosen completions, finite and `≥ 0`; `0` drops the term.
     /// Default: `1.0`.
-    #[config(default = 1.0)]
-    pub cpo_alpha: f64,
+        cpo_alpha / with_cpo_alpha: f64 = 1.0,
     /// SimPO's target reward margin γ (used by `simpo`/`alphapo` only), finite.
     /// Default: `0.5`.
-    #[config(default = 0.5)]
-    pub simpo_gamma: f64,
+        simpo_gamma / with_simpo_gamma: f64 = 0.5,
     /// AlphaPO's α, finite: with `α ≠ 0` the reward `(1 − p^{−α})/α` replaces `log p`.
     /// Default: `0.0`.
-    #[config(default = 0.0)]
-    pub alpha: f64,
+        alpha / with_alpha: f64 = 0.0,
     /// Check the batch's values, reading them back to the host: every sequence has a
     /// completion token, finite log-probs, AlphaPO rewards within [`ALPHAPO_MAX_SCALE`].
     /// `false` never reads a tensor back. Not a TRL key. Default: `true`.
-    #[config(default = true)]
-    pub value_checks: bool,
+        value_checks / with_value_checks: bool = true,
+    }
 }
 
 impl CpoConfig {

@@ -5,7 +5,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::config::Config;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -59,25 +58,21 @@ impl FromStr for KtoLossType {
     }
 }
 
-/// Configuration of [`KtoLoss`], with TRL's `KTOConfig` key names and defaults.
-#[derive(Config, Debug)]
-pub struct KtoConfig {
+trl_config! {
+    /// Configuration of [`KtoLoss`], with TRL's `KTOConfig` key names and defaults.
+    pub struct KtoConfig {
     /// β, in `[1e-8, 1e8]`. Default: `0.1`.
-    #[config(default = 0.1)]
-    pub beta: f64,
+        beta / with_beta: f64 = 0.1,
     /// λ_D, the weight of desirable examples, finite and `≥ 0`. Default: `1.0`.
-    #[config(default = 1.0)]
-    pub desirable_weight: f64,
+        desirable_weight / with_desirable_weight: f64 = 1.0,
     /// λ_U, the weight of undesirable examples, finite and `≥ 0`. Default: `1.0`.
-    #[config(default = 1.0)]
-    pub undesirable_weight: f64,
+        undesirable_weight / with_undesirable_weight: f64 = 1.0,
     /// The loss type. Default: [`KtoLossType::Kto`].
-    #[config(default = "KtoLossType::Kto")]
-    pub loss_type: KtoLossType,
+        loss_type / with_loss_type: KtoLossType = KtoLossType::Kto,
     /// Check the batch's values, reading them back to the host: labels 0 or 1, finite
     /// log-probs. `false` never reads a tensor back. Not a TRL key. Default: `true`.
-    #[config(default = true)]
-    pub value_checks: bool,
+        value_checks / with_value_checks: bool = true,
+    }
 }
 
 impl KtoConfig {

@@ -1,7 +1,6 @@
 //! ORPO (Hong et al. 2024): an odds-ratio preference term on top of the chosen completion's
 //! NLL, without a reference model, as TRL's `ORPOTrainer`.
 
-use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::formulas::nll::token_mean_nll;
@@ -12,18 +11,17 @@ use crate::error::{self, PreferenceError};
 use crate::metrics::{Metric, trl};
 use crate::numerics::{log_sigmoid, log1mexp};
 
-/// Configuration of [`OrpoLoss`], with TRL's `ORPOConfig` key name and default.
-#[derive(Config, Debug)]
-pub struct OrpoConfig {
+trl_config! {
+    /// Configuration of [`OrpoLoss`], with TRL's `ORPOConfig` key name and default.
+    pub struct OrpoConfig {
     /// β (the paper's λ), the weight of the odds-ratio term, in `[1e-8, 1e8]`.
     /// Default: `0.1`.
-    #[config(default = 0.1)]
-    pub beta: f64,
+        beta / with_beta: f64 = 0.1,
     /// Check the batch's values, reading them back to the host: every completion position was
     /// gathered, every sequence has a completion token, finite log-probs. `false` never reads
     /// a tensor back. Not a TRL key. Default: `true`.
-    #[config(default = true)]
-    pub value_checks: bool,
+        value_checks / with_value_checks: bool = true,
+    }
 }
 
 impl OrpoConfig {
