@@ -1,0 +1,18 @@
+//! The losses (`burn_preference::loss`), one file per loss or concern, on every device.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bco;
+mod configs;
+mod cpo;
+mod dpo;
+mod dpo_config;
+mod inputs;
+mod kl;
+mod kto;
+mod orpo;
+mod psipo;
+mod rrhf;
+mod trl_dpo;
+mod zoo;
