@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod cases;
+pub mod gathered;
+pub mod reference;
+pub mod trl_fixture;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -104,4 +107,14 @@ pub fn fuzz_cases(properties: u32) -> u32 {
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(2000);
     (total / properties.max(1)).max(1)
+}
+
+/// `[B, 2]` pairs, chosen in column 0, from the chosen and rejected columns `[B]`.
+pub fn pair_columns(chosen: Tensor<1>, rejected: Tensor<1>) -> Tensor<2> {
+    Tensor::stack(vec![chosen, rejected], 1)
+}
+
+/// A logged metric by name (`None` when it was not logged).
+pub fn logged(metrics: &[(&'static str, f64)], name: &str) -> Option<f64> {
+    metrics.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
 }

@@ -2,7 +2,8 @@
 //! for the loss types and f-divergences, and typed errors for the combinations TRL refuses
 //! (and for `label_smoothing` that no chosen loss type would read).
 
-use burn_preference::{DpoConfig, DpoLossType, FDivergence, PreferenceError, Reduction};
+use burn_preference::loss::FDivergence;
+use burn_preference::prelude::*;
 
 const TRL_STRINGS: [&str; 15] = [
     "sigmoid",
@@ -72,7 +73,8 @@ fn a_trl_config_json_round_trips() {
     assert_eq!(config.f_divergence_type, FDivergence::JsDivergence);
     assert!(config.use_weighting);
     assert_eq!(config.ld_alpha, Some(0.3));
-    assert_eq!(config.reduction, Reduction::Mean);
+    // 0.1's `reduction` is gone (the loss is always the mean); value checks default on.
+    assert!(config.value_checks);
     assert!(!config.reference_free);
     config.init().unwrap();
     let again: DpoConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
@@ -108,6 +110,13 @@ fn a_trl_config_json_round_trips() {
 
     // An unknown loss type string is a deserialisation error, not a silent default.
     assert!(serde_json::from_str::<DpoConfig>(r#"{"loss_type": "dpo"}"#).is_err());
+
+    // A 0.1 config that still names `reduction` loads: serde ignores unknown keys.
+    let config: DpoConfig =
+        serde_json::from_str(r#"{"beta": 0.2, "reduction": "Sum", "value_checks": false}"#)
+            .unwrap();
+    assert_eq!(config.beta, 0.2);
+    assert!(!config.value_checks);
 }
 
 fn init_err(config: DpoConfig) -> PreferenceError {

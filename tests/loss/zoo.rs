@@ -3,24 +3,13 @@
 //! labels and ranked lists; finite values and gradients at `βΔ = ±1e4`; typed errors for
 //! options that cannot apply.
 
-mod common;
-
 use burn::tensor::{Bool, Device, Tensor, TensorData};
-use burn_preference::{
-    DpoConfig, DpoLossType, FDivergence, PreferenceBatch, PreferenceError, PreferenceLoss,
-    Reduction, SequenceLogpsOutput,
-};
-use common::{assert_close, autodiff_devices, devices, floats, to_vec};
+use burn_preference::logps::SequenceLogpsOutput;
+use burn_preference::loss::FDivergence;
+use burn_preference::prelude::*;
 
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
-fn log_sigmoid(x: f64) -> f64 {
-    -softplus(-x)
-}
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
+use crate::common::reference::{log_sigmoid, mean, sigmoid, softplus};
+use crate::common::{assert_close, autodiff_devices, devices, floats, pair_columns, to_vec};
 
 /// One f64 pairwise batch: policy `c, r`, reference `c0, r0`, lengths `lc, lr`.
 #[derive(Clone)]
@@ -107,10 +96,6 @@ fn reference(t: DpoLossType, k: &Knobs, p: &Pairs) -> Vec<f64> {
         .collect()
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
 /// Central differences of the mean loss with respect to every `c_i`, then every `r_i`.
 fn numeric_grad(t: DpoLossType, k: &Knobs, p: &Pairs) -> Vec<f64> {
     let h = 1e-6;
@@ -148,12 +133,12 @@ fn run(config: &DpoConfig, p: &Pairs, device: &Device) -> (Vec<f32>, Vec<f32>) {
         ],
         1,
     );
-    let batch = PreferenceBatch::pairwise(c.clone(), r.clone())
+    let batch = PairedBatch::new(pair_columns(c.clone(), r.clone()))
         .unwrap()
-        .with_pairwise_reference(
+        .with_reference(pair_columns(
             floats(f32v(&p.c0), [n], device),
             floats(f32v(&p.r0), [n], device),
-        )
+        ))
         .unwrap()
         .with_lengths(lengths)
         .unwrap();
@@ -196,7 +181,7 @@ fn every_loss_type_matches_an_f64_reference_with_gradients() {
     for (name, device) in autodiff_devices() {
         for t in DpoLossType::ALL {
             if t == DpoLossType::Sft {
-                continue; // token-level: see `sft_is_the_token_mean_nll_of_the_chosen_rows`
+                continue; // token-level: see `sft_wpo_and_ld_dpo_match_f64_references`
             }
             for (beta, eps, tau) in [(0.1, 0.1f64, 0.05), (0.7, 0.3, 0.4)] {
                 let k = Knobs {
@@ -431,15 +416,15 @@ fn margin_losses_take_soft_labels_and_ranked_lists() {
                 ],
                 1,
             );
-            let batch = PreferenceBatch::pairwise(
+            let batch = PairedBatch::new(pair_columns(
                 floats(f32v(&p.c), [5], &device),
                 floats(f32v(&p.r), [5], &device),
-            )
+            ))
             .unwrap()
-            .with_pairwise_reference(
+            .with_reference(pair_columns(
                 floats(f32v(&p.c0), [5], &device),
                 floats(f32v(&p.r0), [5], &device),
-            )
+            ))
             .unwrap()
             .with_lengths(lengths)
             .unwrap()
@@ -492,15 +477,14 @@ fn margin_losses_take_soft_labels_and_ranked_lists() {
                 }
                 expected.push(sum / count);
             }
-            let batch = PreferenceBatch::ranked(
-                floats(f32v(&policy), [2, 3], &device),
-                floats(f32v(&scores), [2, 3], &device),
-            )
-            .unwrap()
-            .with_reference(floats(f32v(&refs), [2, 3], &device))
-            .unwrap()
-            .with_lengths(floats(f32v(&lens), [2, 3], &device))
-            .unwrap();
+            let batch = PairedBatch::new(floats(f32v(&policy), [2, 3], &device))
+                .unwrap()
+                .with_scores(floats(f32v(&scores), [2, 3], &device))
+                .unwrap()
+                .with_reference(floats(f32v(&refs), [2, 3], &device))
+                .unwrap()
+                .with_lengths(floats(f32v(&lens), [2, 3], &device))
+                .unwrap();
             let out = config(t, &k).init().unwrap().forward(batch).unwrap();
             assert_close(
                 name,
@@ -520,13 +504,13 @@ fn options_that_cannot_apply_are_typed_errors() {
     for (name, device) in devices() {
         let f = |v: Vec<f32>, n: usize| floats(v, [n], &device);
         let pairwise = || {
-            PreferenceBatch::pairwise(f(vec![-1.0, -2.0], 2), f(vec![-2.0, -1.0], 2))
+            PairedBatch::new(pair_columns(f(vec![-1.0, -2.0], 2), f(vec![-2.0, -1.0], 2)))
                 .unwrap()
-                .with_pairwise_reference(f(vec![-1.5, -1.5], 2), f(vec![-1.5, -1.5], 2))
+                .with_reference(pair_columns(f(vec![-1.5, -1.5], 2), f(vec![-1.5, -1.5], 2)))
                 .unwrap()
         };
         let ranked = || {
-            PreferenceBatch::ranked_by_position(floats(vec![-1.0, -2.0, -3.0], [1, 3], &device))
+            PairedBatch::new(floats(vec![-1.0, -2.0, -3.0], [1, 3], &device))
                 .unwrap()
                 .with_reference(floats(vec![-1.0; 3], [1, 3], &device))
                 .unwrap()
@@ -586,7 +570,8 @@ fn options_that_cannot_apply_are_typed_errors() {
             let (loss, arg, _) = missing(DpoConfig::new().with_loss_type(t));
             assert_eq!((loss, arg), (t.as_str(), "lengths"));
         }
-        let no_reference = PreferenceBatch::pairwise(f(vec![-1.0], 1), f(vec![-2.0], 1)).unwrap();
+        let no_reference =
+            PairedBatch::new(pair_columns(f(vec![-1.0], 1), f(vec![-2.0], 1))).unwrap();
         let err = DpoConfig::new()
             .init()
             .unwrap()
@@ -602,10 +587,9 @@ fn options_that_cannot_apply_are_typed_errors() {
             ),
             "{err}"
         );
-        // Reference-free: ℓ is the policy's log-prob.
+        // Reference-free: ℓ is the policy's log-prob (one pair: the mean is the sum).
         let out = DpoConfig::new()
             .with_reference_free(true)
-            .with_reduction(Reduction::Sum)
             .init()
             .unwrap()
             .forward(no_reference)
@@ -665,8 +649,13 @@ fn output(tokens: Tensor<2>, lssp: bool, device: &Device) -> SequenceLogpsOutput
         log_sum_sq_probs: lssp.then(|| floats(flat(&LSSP), [4, 5], device)),
         mean_logits: None,
         is_top1: None,
-        reduction: burn_preference::LogpReduction::Sum,
+        reduction: LogpReduction::Sum,
     }
+}
+
+/// The two pairs of `output`'s four rows, chosen first.
+fn paired(output: SequenceLogpsOutput) -> burn_preference::Result<PairedBatch> {
+    PairedBatch::from_output(output, BatchLayout::ChosenFirst { pairs: 2 })
 }
 
 fn token_tensor(device: &Device) -> Tensor<2> {
@@ -686,8 +675,7 @@ fn sft_wpo_and_ld_dpo_match_f64_references() {
     for (name, device) in autodiff_devices() {
         // sft: −(Σ chosen valid tokens) / (their count) = −(−3.75 − 0.25) / 5, expanded per pair.
         let tokens = token_tensor(&device);
-        let batch =
-            PreferenceBatch::from_concatenated(output(tokens.clone(), false, &device)).unwrap();
+        let batch = paired(output(tokens.clone(), false, &device)).unwrap();
         let out = DpoConfig::new()
             .with_loss_type(DpoLossType::Sft)
             .with_reference_free(true)
@@ -713,7 +701,7 @@ fn sft_wpo_and_ld_dpo_match_f64_references() {
 
         // WPO: sigmoid × exp(mean(ℓ − log Σp²)) of chosen × that of rejected (reference-free).
         let tokens = token_tensor(&device);
-        let batch = PreferenceBatch::from_concatenated(output(tokens, true, &device)).unwrap();
+        let batch = paired(output(tokens, true, &device)).unwrap();
         let out = DpoConfig::new()
             .with_use_weighting(true)
             .with_reference_free(true)
@@ -737,9 +725,7 @@ fn sft_wpo_and_ld_dpo_match_f64_references() {
             })
             .collect();
         assert_close(name, "WPO", &to_vec(out.losses), &expected, 1e-5, 0.0);
-        let missing =
-            PreferenceBatch::from_concatenated(output(token_tensor(&device), false, &device))
-                .unwrap();
+        let missing = paired(output(token_tensor(&device), false, &device)).unwrap();
         let err = DpoConfig::new()
             .with_use_weighting(true)
             .with_reference_free(true)
@@ -768,9 +754,9 @@ fn sft_wpo_and_ld_dpo_match_f64_references() {
             false,
             &device,
         );
-        let batch = PreferenceBatch::from_concatenated(output(tokens.clone(), false, &device))
+        let batch = paired(output(tokens.clone(), false, &device))
             .unwrap()
-            .with_concatenated_reference_output(reference)
+            .with_reference_output(reference)
             .unwrap();
         let out = DpoConfig::new()
             .with_ld_alpha(Some(alpha))

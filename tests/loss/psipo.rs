@@ -1,30 +1,17 @@
-//! The losses (SPEC §2–§6) against SPEC §5's closed forms and naive f64 references written
-//! here, with autodiff gradients against the analytic derivatives, on every device.
+//! ΨPO (DPO's logit and IPO's identity forms, conservative DPO, soft labels, ranked lists)
+//! against closed forms and naive f64 references written here, with autodiff gradients against
+//! the analytic derivatives, on every device.
 
-mod common;
-
-use burn::tensor::{Device, Tensor};
-use burn_preference::{
-    DpoConfig, IpoConfig, PreferenceBatch, PreferenceError, PreferenceLoss, PreferenceOutput, Psi,
-    PsiPoConfig, RankLoss, Reduction, RrhfConfig, SequenceLogpsConfig, categorical_kl,
-    ranking_accuracy, token_kl,
-};
-use common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
+use burn::tensor::Device;
+use burn_preference::loss::{PsiPoLoss, RankLoss};
+use burn_preference::prelude::*;
 use proptest::prelude::*;
 
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
+use crate::assert_error;
+use crate::common::reference::{sigmoid, softplus};
+use crate::common::{assert_close, autodiff_devices, devices, floats, pair_columns, to_vec};
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-fn scalar(tensor: Tensor<1>) -> f64 {
-    f64::from(to_vec(tensor)[0])
-}
-
-/// Per-pair ΨPO loss and `∂L/∂h` in f64, straight from SPEC §3: the label `q` (1 for a hard
+/// Per-pair ΨPO loss and `∂L/∂h` in f64, from the ΨPO definition: the label `q` (1 for a hard
 /// label) is smoothed to `q(1 − ε) + (1 − q)ε`.
 fn naive_pair(psi: Psi, beta: f64, eps: f64, q: Option<f64>, h: f64) -> (f64, f64) {
     let q = q.unwrap_or(1.0);
@@ -43,25 +30,25 @@ fn naive_pair(psi: Psi, beta: f64, eps: f64, q: Option<f64>, h: f64) -> (f64, f6
 }
 
 /// A pairwise batch whose margins are `h` exactly: reference-free, rejected at 0.
-/// Returns the loss output and the gradient with respect to the chosen log-probs.
+/// Returns the loss output and the gradient of the summed per-pair losses with respect to the
+/// chosen log-probs (each pair's own slope).
 fn loss_and_grad_at(
     config: &PsiPoConfig,
     margins: &[f32],
     device: &Device,
-) -> (PreferenceOutput, Vec<f32>) {
+) -> (LossOutput, Vec<f32>) {
     let n = margins.len();
     let chosen = floats(margins.to_vec(), [n], device).require_grad();
     let rejected = floats(vec![0.0; n], [n], device);
-    let batch = PreferenceBatch::pairwise(chosen.clone(), rejected).unwrap();
+    let batch = PairedBatch::new(pair_columns(chosen.clone(), rejected)).unwrap();
     let out = config
         .clone()
         .with_reference_free(true)
-        .with_reduction(Reduction::Sum)
         .init()
         .unwrap()
         .forward(batch)
         .unwrap();
-    let grads = out.loss.clone().backward();
+    let grads = out.losses.clone().sum().backward();
     let grad = to_vec(
         chosen
             .grad(&grads)
@@ -105,7 +92,7 @@ fn dpo_and_ipo_match_spec_closed_forms() {
 #[test]
 fn conservative_dpo_is_minimised_at_the_spec_margin() {
     for (name, device) in autodiff_devices() {
-        // β h* = log((1 − ε)/ε): 2.197225 for ε = 0.1, 1.386294 for ε = 0.2 (SPEC §5).
+        // β h* = log((1 − ε)/ε): 2.197225 for ε = 0.1, 1.386294 for ε = 0.2.
         for (eps, beta_h) in [(0.1, 2.197225f32), (0.2, 1.386294)] {
             let config = PsiPoConfig::new(Psi::Logit)
                 .with_beta(1.0)
@@ -135,7 +122,6 @@ struct PairCase {
     rejected: Vec<f32>,
     ref_chosen: Vec<f32>,
     ref_rejected: Vec<f32>,
-    reduction: Reduction,
 }
 
 fn pair_case() -> impl Strategy<Value = PairCase> {
@@ -148,26 +134,18 @@ fn pair_case() -> impl Strategy<Value = PairCase> {
                 prop_oneof![Just(0.0), 0.0f64..0.49],
                 prop::option::of(prop::collection::vec(0.0f64..=1.0, b)),
                 (values(b), values(b), values(b), values(b)),
-                prop_oneof![
-                    Just(Reduction::Mean),
-                    Just(Reduction::Sum),
-                    Just(Reduction::None)
-                ],
             )
         })
-        .prop_map(
-            |(psi, beta, eps, soft_labels, (c, r, rc, rr), reduction)| PairCase {
-                psi,
-                beta,
-                eps,
-                soft_labels,
-                chosen: c,
-                rejected: r,
-                ref_chosen: rc,
-                ref_rejected: rr,
-                reduction,
-            },
-        )
+        .prop_map(|(psi, beta, eps, soft_labels, (c, r, rc, rr))| PairCase {
+            psi,
+            beta,
+            eps,
+            soft_labels,
+            chosen: c,
+            rejected: r,
+            ref_chosen: rc,
+            ref_rejected: rr,
+        })
 }
 
 fn check_pair_case(case: &PairCase, name: &str, device: &Device) {
@@ -175,12 +153,12 @@ fn check_pair_case(case: &PairCase, name: &str, device: &Device) {
     let chosen = floats(case.chosen.clone(), [b], device).require_grad();
     let rejected = floats(case.rejected.clone(), [b], device).require_grad();
     let reference = floats(case.ref_chosen.clone(), [b], device).require_grad();
-    let mut batch = PreferenceBatch::pairwise(chosen.clone(), rejected.clone())
+    let mut batch = PairedBatch::new(pair_columns(chosen.clone(), rejected.clone()))
         .unwrap()
-        .with_pairwise_reference(
+        .with_reference(pair_columns(
             reference.clone(),
             floats(case.ref_rejected.clone(), [b], device),
-        )
+        ))
         .unwrap();
     if let Some(q) = &case.soft_labels {
         let q = q.iter().map(|&q| q as f32).collect();
@@ -189,7 +167,6 @@ fn check_pair_case(case: &PairCase, name: &str, device: &Device) {
     let out = PsiPoConfig::new(case.psi)
         .with_beta(case.beta)
         .with_label_smoothing(case.eps)
-        .with_reduction(case.reduction)
         .init()
         .unwrap()
         .forward(batch)
@@ -205,20 +182,22 @@ fn check_pair_case(case: &PairCase, name: &str, device: &Device) {
         losses.push(loss);
         slopes.push(slope);
     }
-    let scale = if case.reduction == Reduction::Mean {
-        1.0 / b as f64
-    } else {
-        1.0
-    };
-    let expected_loss = match case.reduction {
-        Reduction::Mean => vec![losses.iter().sum::<f64>() * scale],
-        Reduction::Sum => vec![losses.iter().sum::<f64>()],
-        Reduction::None => losses.clone(),
-    };
+    // The loss is the mean of the per-pair losses (0.1's `Reduction::Mean`); their sum is
+    // what `Reduction::Sum` returned.
+    let scale = 1.0 / b as f64;
+    let expected_loss = vec![losses.iter().sum::<f64>() * scale];
+    assert_close(
+        name,
+        "summed losses",
+        &to_vec(out.losses.clone().sum()),
+        &[losses.iter().sum::<f64>()],
+        2e-4,
+        2e-5,
+    );
     assert_close(
         name,
         "per-pair losses",
-        &to_vec(out.losses),
+        &to_vec(out.losses.clone()),
         &losses,
         2e-4,
         2e-5,
@@ -232,7 +211,7 @@ fn check_pair_case(case: &PairCase, name: &str, device: &Device) {
         2e-5,
     );
 
-    let grads = out.loss.sum().backward();
+    let grads = out.loss.backward();
     let expected: Vec<f64> = slopes.iter().map(|s| s * scale).collect();
     let negated: Vec<f64> = expected.iter().map(|g| -g).collect();
     assert_close(
@@ -310,7 +289,7 @@ fn ranked_case() -> impl Strategy<Value = RankedCase> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// SPEC §3: the mean over ordered pairs `r_i > r_j` of the pairwise loss, ties skipped.
+    /// The mean over ordered pairs `r_i > r_j` of the pairwise loss, ties skipped.
     #[test]
     fn ranked_lists_average_the_pairwise_loss_over_ordered_pairs(case in ranked_case()) {
         let k = case.candidates;
@@ -332,7 +311,9 @@ proptest! {
         }
         for (name, device) in autodiff_devices() {
             let policy = floats(case.policy.clone(), [b, k], &device).require_grad();
-            let batch = PreferenceBatch::ranked(policy.clone(), floats(case.scores.clone(), [b, k], &device))
+            let batch = PairedBatch::new(policy.clone())
+                .unwrap()
+                .with_scores(floats(case.scores.clone(), [b, k], &device))
                 .unwrap()
                 .with_reference(floats(case.reference.clone(), [b, k], &device))
                 .unwrap();
@@ -350,22 +331,22 @@ proptest! {
     }
 }
 
-fn losses_of(loss: &dyn PreferenceLoss, batch: PreferenceBatch) -> Vec<f32> {
+fn losses_of(loss: &impl PreferenceLoss<Batch = PairedBatch>, batch: PairedBatch) -> Vec<f32> {
     to_vec(loss.forward(batch).unwrap().losses)
 }
 
 #[test]
 fn named_losses_are_bit_identical_to_psipo() {
-    for (_, device) in devices() {
-        let batch = PreferenceBatch::pairwise(
+    for (name, device) in devices() {
+        let batch = PairedBatch::new(pair_columns(
             floats(vec![-3.0, -7.5, -1.25], [3], &device),
             floats(vec![-4.0, -2.0, -1.0], [3], &device),
-        )
+        ))
         .unwrap()
-        .with_pairwise_reference(
+        .with_reference(pair_columns(
             floats(vec![-3.5, -6.0, -2.0], [3], &device),
             floats(vec![-3.0, -2.5, -0.5], [3], &device),
-        )
+        ))
         .unwrap();
         // The zoo's `sigmoid` (TRL 1.16: no smoothing) is ΨPO's logit form without ε.
         let dpo = DpoConfig::new().with_beta(0.3);
@@ -377,7 +358,7 @@ fn named_losses_are_bit_identical_to_psipo() {
         // The zoo's `ipo` length-normalises; with unit lengths it is ΨPO's identity form.
         let zoo_ipo = DpoConfig::new()
             .with_beta(0.7)
-            .with_loss_type(burn_preference::DpoLossType::Ipo);
+            .with_loss_type(DpoLossType::Ipo);
         let unit = batch
             .clone()
             .with_lengths(floats(vec![1.0; 6], [3, 2], &device))
@@ -392,11 +373,22 @@ fn named_losses_are_bit_identical_to_psipo() {
                 batch.clone()
             )
         );
-        let ipo = IpoConfig::new().with_tau(0.7);
+        // 0.1's `IpoConfig::with_tau(τ)` is ΨPO's identity form with β = τ: the same
+        // closed form (h − 1/(2τ))² per pair, written here for the f64 check.
         let psipo_identity = PsiPoConfig::new(Psi::Identity).with_beta(0.7);
-        assert_eq!(
-            losses_of(&ipo.init().unwrap(), batch.clone()),
-            losses_of(&psipo_identity.init().unwrap(), batch)
+        let h = [
+            (-3.0 + 3.5) - (-4.0 + 3.0),
+            (-7.5 + 6.0) - (-2.0 + 2.5),
+            (-1.25 + 2.0) - (-1.0 + 0.5),
+        ];
+        let expected: Vec<f64> = h.iter().map(|h: &f64| (h - 0.5 / 0.7).powi(2)).collect();
+        assert_close(
+            name,
+            "ΨPO identity: the IPO closed form",
+            &losses_of(&psipo_identity.init().unwrap(), batch),
+            &expected,
+            1e-5,
+            1e-6,
         );
     }
 }
@@ -406,7 +398,7 @@ fn label_identities_hold() {
     for (name, device) in devices() {
         let chosen = floats(vec![-3.0, -7.5, -1.25, 2.0], [4], &device);
         let rejected = floats(vec![-4.0, -2.0, -1.0, 2.0], [4], &device);
-        let hard = PreferenceBatch::pairwise(chosen.clone(), rejected.clone()).unwrap();
+        let hard = PairedBatch::new(pair_columns(chosen.clone(), rejected.clone())).unwrap();
         let soft = |q: f32| {
             hard.clone()
                 .with_soft_labels(floats(vec![q; 4], [4], &device))
@@ -428,7 +420,7 @@ fn label_identities_hold() {
                 1e-6,
                 1e-7,
             );
-            // Label smoothing ε is the soft label q = 1 − ε (SPEC §3).
+            // Label smoothing ε is the soft label q = 1 − ε.
             let smoothed = plain.clone().with_label_smoothing(0.2).init().unwrap();
             let smoothed_losses: Vec<f64> = losses_of(&smoothed, hard.clone())
                 .iter()
@@ -445,10 +437,7 @@ fn label_identities_hold() {
             // A zero reference is reference-free.
             let zero_reference = hard
                 .clone()
-                .with_pairwise_reference(
-                    floats(vec![0.0; 4], [4], &device),
-                    floats(vec![0.0; 4], [4], &device),
-                )
+                .with_reference(floats(vec![0.0; 8], [4, 2], &device))
                 .unwrap();
             let with_reference = plain.clone().with_reference_free(false).init().unwrap();
             assert_close(
@@ -472,22 +461,28 @@ fn two_ranked_candidates_equal_the_pairwise_form() {
         .flat_map(|(c, r)| [*c, *r])
         .collect();
     for (name, device) in devices() {
-        let pairwise = PreferenceBatch::pairwise(
+        let pairwise = PairedBatch::new(pair_columns(
             floats(chosen.clone(), [3], &device),
             floats(rejected.clone(), [3], &device),
-        )
+        ))
         .unwrap();
         let policy = floats(interleaved.clone(), [3, 2], &device);
-        let chosen_first = PreferenceBatch::ranked(
-            policy.clone(),
-            floats(vec![1.0, 0.0, 5.0, -2.0, 0.5, 0.25], [3, 2], &device),
-        )
-        .unwrap();
-        let rejected_first = PreferenceBatch::ranked(
-            policy,
-            floats(vec![0.0, 1.0, -2.0, 5.0, 0.25, 0.5], [3, 2], &device),
-        )
-        .unwrap();
+        let chosen_first = PairedBatch::new(policy.clone())
+            .unwrap()
+            .with_scores(floats(
+                vec![1.0, 0.0, 5.0, -2.0, 0.5, 0.25],
+                [3, 2],
+                &device,
+            ))
+            .unwrap();
+        let rejected_first = PairedBatch::new(policy)
+            .unwrap()
+            .with_scores(floats(
+                vec![0.0, 1.0, -2.0, 5.0, 0.25, 0.5],
+                [3, 2],
+                &device,
+            ))
+            .unwrap();
         for psi in [Psi::Logit, Psi::Identity] {
             let loss = PsiPoConfig::new(psi)
                 .with_reference_free(true)
@@ -539,18 +534,18 @@ fn swapping_chosen_and_rejected_obeys_softplus_symmetry() {
             .unwrap();
         let forward = losses_of(
             &loss,
-            PreferenceBatch::pairwise(
+            PairedBatch::new(pair_columns(
                 floats(chosen.clone(), [4], &device),
                 floats(rejected.clone(), [4], &device),
-            )
+            ))
             .unwrap(),
         );
         let backward = losses_of(
             &loss,
-            PreferenceBatch::pairwise(
+            PairedBatch::new(pair_columns(
                 floats(rejected.clone(), [4], &device),
                 floats(chosen.clone(), [4], &device),
-            )
+            ))
             .unwrap(),
         );
         let difference: Vec<f32> = forward.iter().zip(&backward).map(|(f, b)| f - b).collect();
@@ -567,409 +562,6 @@ fn swapping_chosen_and_rejected_obeys_softplus_symmetry() {
             &expected,
             1e-5,
             1e-6,
-        );
-    }
-}
-
-#[derive(Debug, Clone)]
-struct RrhfCase {
-    candidates: usize,
-    sums: Vec<f32>,
-    lengths: Vec<f32>,
-    scores: Vec<f32>,
-    alpha: f64,
-    rank_loss: RankLoss,
-    rank_weight: f64,
-    ft_weight: f64,
-}
-
-fn rrhf_case() -> impl Strategy<Value = RrhfCase> {
-    (1..=3usize, 2..=6usize)
-        .prop_flat_map(|(b, k)| {
-            (
-                Just(k),
-                prop::collection::vec(-60.0f32..-0.5, b * k),
-                // Length 0 (an all-ignored response) is clamped to 1.
-                prop::collection::vec((0..20u8).prop_map(f32::from), b * k),
-                prop::collection::vec((0..4i32).prop_map(|s| s as f32), b * k),
-                0.0f64..2.0,
-                prop_oneof![Just(RankLoss::Hinge), Just(RankLoss::Logistic)],
-                0.0f64..3.0,
-                0.0f64..3.0,
-            )
-        })
-        .prop_map(
-            |(candidates, sums, lengths, scores, alpha, rank_loss, rank_weight, ft_weight)| {
-                RrhfCase {
-                    candidates,
-                    sums,
-                    lengths,
-                    scores,
-                    alpha,
-                    rank_loss,
-                    rank_weight,
-                    ft_weight,
-                }
-            },
-        )
-}
-
-/// RRHF per prompt (SPEC §3) as a double loop in f64: losses `[B]` and `∂(mean L)/∂S`.
-fn naive_rrhf(case: &RrhfCase) -> (Vec<f64>, Vec<f64>) {
-    let k = case.candidates;
-    let b = case.sums.len() / k;
-    let mut grads = vec![0.0; b * k];
-    let mut losses = Vec::with_capacity(b);
-    for p in 0..b {
-        let at = |i: usize| p * k + i;
-        let length = |i: usize| f64::from(case.lengths[at(i)]).max(1.0);
-        let penalty = |i: usize| length(i).powf(case.alpha);
-        let score = |i: usize| f64::from(case.sums[at(i)]) / penalty(i);
-        let pairs: Vec<(usize, usize)> = (0..k)
-            .flat_map(|i| (0..k).map(move |j| (i, j)))
-            .filter(|&(i, j)| case.scores[at(i)] < case.scores[at(j)])
-            .collect();
-        let mut rank = 0.0;
-        for &(i, j) in &pairs {
-            let violation = score(i) - score(j);
-            let (term, slope) = match case.rank_loss {
-                RankLoss::Hinge => (violation.max(0.0), if violation > 0.0 { 1.0 } else { 0.0 }),
-                RankLoss::Logistic => {
-                    let n = pairs.len() as f64;
-                    (softplus(violation) / n, sigmoid(violation) / n)
-                }
-            };
-            rank += term;
-            grads[at(i)] += case.rank_weight * slope / penalty(i) / b as f64;
-            grads[at(j)] -= case.rank_weight * slope / penalty(j) / b as f64;
-        }
-        // Best score, lowest index on ties.
-        let best = (0..k).fold(0, |best, i| {
-            if case.scores[at(i)] > case.scores[at(best)] {
-                i
-            } else {
-                best
-            }
-        });
-        let fine_tune = -f64::from(case.sums[at(best)]) / length(best);
-        grads[at(best)] -= case.ft_weight / length(best) / b as f64;
-        losses.push(case.rank_weight * rank + case.ft_weight * fine_tune);
-    }
-    (losses, grads)
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
-
-    #[test]
-    fn rrhf_matches_a_naive_double_loop(case in rrhf_case()) {
-        let k = case.candidates;
-        let b = case.sums.len() / k;
-        let (losses, grads) = naive_rrhf(&case);
-        for (name, device) in autodiff_devices() {
-            let sums = floats(case.sums.clone(), [b, k], &device).require_grad();
-            let batch = PreferenceBatch::ranked(sums.clone(), floats(case.scores.clone(), [b, k], &device))
-                .unwrap()
-                .with_lengths(floats(case.lengths.clone(), [b, k], &device))
-                .unwrap();
-            let out = RrhfConfig::new()
-                .with_length_penalty(case.alpha)
-                .with_rank_loss(case.rank_loss)
-                .with_rank_weight(case.rank_weight)
-                .with_ft_weight(case.ft_weight)
-                .init()
-                .unwrap()
-                .forward(batch)
-                .unwrap();
-            assert_close(name, "RRHF losses", &to_vec(out.losses), &losses, 2e-4, 2e-5);
-            let grad = to_vec(sums.grad(&out.loss.backward()).unwrap());
-            assert_close(name, "∂L/∂S", &grad, &grads, 2e-4, 2e-5);
-        }
-    }
-}
-
-#[test]
-fn rrhf_fine_tunes_the_best_scored_candidate_lowest_index_on_ties() {
-    for (name, device) in devices() {
-        // Prompt 0: best is column 2. Prompt 1: columns 1 and 3 tie for best → column 1.
-        let sums = floats(
-            vec![-4.0, -6.0, -9.0, -2.0, -5.0, -8.0, -1.0, -3.0],
-            [2, 4],
-            &device,
-        );
-        let lengths = floats(
-            vec![2.0, 3.0, 3.0, 1.0, 5.0, 4.0, 2.0, 3.0],
-            [2, 4],
-            &device,
-        );
-        let scores = floats(
-            vec![0.1, 0.5, 0.9, 0.2, 0.0, 7.0, 1.0, 7.0],
-            [2, 4],
-            &device,
-        );
-        let batch = PreferenceBatch::ranked(sums, scores)
-            .unwrap()
-            .with_lengths(lengths)
-            .unwrap();
-        let fine_tune_only = RrhfConfig::new().with_rank_weight(0.0).init().unwrap();
-        assert_close(
-            name,
-            "fine-tune term",
-            &losses_of(&fine_tune_only, batch),
-            &[3.0, 2.0],
-            1e-6,
-            1e-6,
-        );
-    }
-}
-
-#[test]
-fn rrhf_needs_lengths() {
-    for (_, device) in devices() {
-        let batch =
-            PreferenceBatch::ranked_by_position(floats(vec![-1.0, -2.0], [1, 2], &device)).unwrap();
-        let err = RrhfConfig::new()
-            .init()
-            .unwrap()
-            .forward(batch)
-            .unwrap_err();
-        assert!(
-            matches!(err, PreferenceError::MissingInput { arg: "lengths", .. }),
-            "{err}"
-        );
-    }
-}
-
-#[test]
-fn metrics_match_hand_computed_values() {
-    for (name, device) in devices() {
-        // ρ_chosen = (1, −1, 0.5), ρ_rejected = (0, 0, 0.5), β = 0.5.
-        let batch = PreferenceBatch::pairwise(
-            floats(vec![-2.0, -5.0, -1.0], [3], &device),
-            floats(vec![-4.0, -3.0, -2.0], [3], &device),
-        )
-        .unwrap()
-        .with_pairwise_reference(
-            floats(vec![-3.0, -4.0, -1.5], [3], &device),
-            floats(vec![-4.0, -3.0, -2.5], [3], &device),
-        )
-        .unwrap();
-        let metrics = DpoConfig::new()
-            .with_beta(0.5)
-            .init()
-            .unwrap()
-            .forward(batch)
-            .unwrap()
-            .metrics;
-        assert_close(
-            name,
-            "rewards/chosen",
-            &to_vec(metrics.rewards_chosen),
-            &[0.5, -0.5, 0.25],
-            1e-6,
-            1e-6,
-        );
-        assert_close(
-            name,
-            "rewards/rejected",
-            &to_vec(metrics.rewards_rejected),
-            &[0.0, 0.0, 0.25],
-            1e-6,
-            1e-6,
-        );
-        assert_close(
-            name,
-            "rewards/margins",
-            &to_vec(metrics.margins),
-            &[0.5, -0.5, 0.0],
-            1e-6,
-            1e-6,
-        );
-        // Strict: the tie in the third pair does not count.
-        assert_close(
-            name,
-            "rewards/accuracies",
-            &to_vec(metrics.accuracy),
-            &[1.0 / 3.0],
-            1e-6,
-            0.0,
-        );
-        assert_close(
-            name,
-            "ranking accuracy (pairwise)",
-            &to_vec(metrics.ranking_accuracy),
-            &[1.0 / 3.0],
-            1e-6,
-            0.0,
-        );
-
-        // Scores 3 > 2 > 1: pairs (0,1) and (0,2) agree with the values, (1,2) does not.
-        let values = floats(vec![3.0, 1.0, 2.0], [1, 3], &device);
-        let accuracy =
-            ranking_accuracy(values.clone(), floats(vec![3.0, 2.0, 1.0], [1, 3], &device)).unwrap();
-        assert_close(
-            name,
-            "ranking accuracy",
-            &to_vec(accuracy),
-            &[2.0 / 3.0],
-            1e-6,
-            0.0,
-        );
-        // Tied scores 1 = 1 form no pair: (0,2) agrees, (1,2) does not.
-        let accuracy =
-            ranking_accuracy(values.clone(), floats(vec![1.0, 1.0, 0.0], [1, 3], &device)).unwrap();
-        assert_close(
-            name,
-            "ranking accuracy with a tie",
-            &to_vec(accuracy),
-            &[0.5],
-            1e-6,
-            0.0,
-        );
-        let accuracy = ranking_accuracy(values, floats(vec![1.0; 3], [1, 3], &device)).unwrap();
-        assert_close(
-            name,
-            "ranking accuracy, all tied",
-            &to_vec(accuracy),
-            &[0.0],
-            0.0,
-            0.0,
-        );
-    }
-}
-
-/// Per-token `KL(π ‖ π_ref)` in f64 with the causal shift: `(per-sequence means, batch mean)`.
-fn naive_token_kl(
-    policy: &[f32],
-    reference: &[f32],
-    labels: &[i64],
-    [b, t, v]: [usize; 3],
-) -> (Vec<f64>, f64) {
-    let log_softmax = |row: &[f32]| {
-        let max = row
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &z| m.max(f64::from(z)));
-        let lse = max
-            + row
-                .iter()
-                .map(|&z| (f64::from(z) - max).exp())
-                .sum::<f64>()
-                .ln();
-        row.iter()
-            .map(|&z| f64::from(z) - lse)
-            .collect::<Vec<f64>>()
-    };
-    let (mut per_sequence, mut total, mut count) = (Vec::new(), 0.0, 0.0);
-    for row in 0..b {
-        let (mut sum, mut n) = (0.0, 0.0);
-        for pos in 0..t - 1 {
-            let label = labels[row * t + pos + 1];
-            if label < 0 || label >= v as i64 {
-                continue;
-            }
-            let at = (row * t + pos) * v;
-            let lp = log_softmax(&policy[at..at + v]);
-            let lq = log_softmax(&reference[at..at + v]);
-            sum += lp
-                .iter()
-                .zip(&lq)
-                .map(|(p, q)| p.exp() * (p - q))
-                .sum::<f64>();
-            n += 1.0;
-        }
-        per_sequence.push(if n > 0.0 { sum / n } else { 0.0 });
-        total += sum;
-        count += n;
-    }
-    (per_sequence, total / count.max(1.0))
-}
-
-#[test]
-fn token_kl_matches_a_naive_reference_and_vanishes_for_identical_models() {
-    let shape @ [b, t, v] = [3, 5, 7];
-    let values = |seed: u32| -> Vec<f32> {
-        (0..b * t * v)
-            .map(|i| (i as f32 * 0.7 + seed as f32).sin() * 3.0)
-            .collect()
-    };
-    let (policy, reference) = (values(1), values(2));
-    // Row 2 is fully ignored; 99 is out of range for V = 7 and is ignored too.
-    let labels = vec![
-        -100, 1, 6, 2, -100, -100, -100, 3, 99, 0, -100, -100, -100, -100, -100,
-    ];
-    let (per_sequence, mean) = naive_token_kl(&policy, &reference, &labels, shape);
-    assert_eq!(per_sequence[2], 0.0);
-    // Lenient labels: the out-of-range 99 is ignored, not an error.
-    let gatherer = SequenceLogpsConfig::new()
-        .with_strict_labels(false)
-        .init()
-        .unwrap();
-    for (name, device) in devices() {
-        let kl = token_kl(
-            &gatherer,
-            floats(policy.clone(), shape, &device),
-            floats(reference.clone(), shape, &device),
-            ints(labels.clone(), [b, t], &device),
-            None,
-        )
-        .unwrap();
-        assert_close(
-            name,
-            "KL per sequence",
-            &to_vec(kl.per_sequence),
-            &per_sequence,
-            1e-5,
-            1e-6,
-        );
-        assert_close(name, "KL mean", &to_vec(kl.mean), &[mean], 1e-5, 1e-6);
-
-        let same = token_kl(
-            &gatherer,
-            floats(policy.clone(), shape, &device),
-            floats(policy.clone(), shape, &device),
-            ints(labels.clone(), [b, t], &device),
-            None,
-        )
-        .unwrap();
-        assert_close(
-            name,
-            "KL(π ‖ π)",
-            &to_vec(same.per_sequence),
-            &[0.0; 3],
-            0.0,
-            1e-6,
-        );
-    }
-}
-
-#[test]
-fn categorical_kl_matches_hand_values() {
-    for (name, device) in devices() {
-        let p = floats(vec![0.5, 0.5, 0.0], [3], &device);
-        let q = floats(vec![0.25, 0.5, 0.25], [3], &device);
-        // 0.5 ln 2 + 0.5 ln 1 + 0 (the p = 0 term contributes nothing).
-        let expected = 0.5 * 2f64.ln();
-        assert_close(
-            name,
-            "KL(p ‖ q)",
-            &to_vec(categorical_kl(p.clone(), q.clone()).unwrap()),
-            &[expected],
-            1e-6,
-            1e-7,
-        );
-        assert_close(
-            name,
-            "KL(p ‖ p)",
-            &to_vec(categorical_kl(p.clone(), p.clone()).unwrap()),
-            &[0.0],
-            0.0,
-            1e-7,
-        );
-        // q = 0 where p > 0: infinite, not NaN.
-        let kl = scalar(categorical_kl(q, p).unwrap());
-        assert!(
-            kl.is_infinite() && kl > 0.0,
-            "[{name}] KL with q = 0 where p > 0: {kl}"
         );
     }
 }
@@ -1018,14 +610,18 @@ fn extreme_margins_give_finite_losses_and_gradients() {
 
 #[test]
 fn bad_inputs_get_typed_errors() {
-    let out_of_range = |result: burn_preference::Result<burn_preference::PsiPoLoss>| match result {
+    let out_of_range = |result: burn_preference::Result<PsiPoLoss>| match result {
         Err(PreferenceError::OutOfRange { name, .. }) => name,
         other => panic!("expected OutOfRange, got {other:?}"),
     };
     let logit = || PsiPoConfig::new(Psi::Logit);
     assert_eq!(out_of_range(logit().with_beta(0.0).init()), "beta");
     assert_eq!(out_of_range(logit().with_beta(f64::NAN).init()), "beta");
-    assert_eq!(out_of_range(IpoConfig::new().with_tau(-0.1).init()), "tau");
+    // 0.1's `IpoConfig::with_tau`: the identity form names its coefficient τ.
+    assert_eq!(
+        out_of_range(PsiPoConfig::new(Psi::Identity).with_beta(-0.1).init()),
+        "tau"
+    );
     assert_eq!(
         out_of_range(logit().with_label_smoothing(0.5).init()),
         "label_smoothing"
@@ -1048,36 +644,64 @@ fn bad_inputs_get_typed_errors() {
             "{err}"
         );
     }
+    // A config with the rank loss spelled out still initialises (the enum is public).
+    assert!(
+        RrhfConfig::new()
+            .with_rank_loss(RankLoss::Logistic)
+            .init()
+            .is_ok()
+    );
 
     for (_, device) in devices() {
         let pair = |n: usize| floats(vec![-1.0; n], [n], &device);
         let two = |b: usize, k: usize| floats(vec![-1.0; b * k], [b, k], &device);
+        let checked = PsiPoConfig::new(Psi::Logit).init().unwrap();
 
+        // 0.1's `pairwise(c [3], r [2])`: pairs are one `[B, 2]` tensor now, so the mismatch
+        // shows where a second tensor meets the policy.
         assert_error!(
-            PreferenceBatch::pairwise(pair(3), pair(2)),
+            PairedBatch::new(two(3, 2))
+                .unwrap()
+                .with_reference(two(2, 2)),
             PreferenceError::BatchMismatch { .. }
         );
+        assert_error!(PairedBatch::new(two(0, 2)), PreferenceError::Empty { .. });
+        // 0.1's `concatenated(x [3])`: an odd number of concatenated rows is no `[2, B]`.
         assert_error!(
-            PreferenceBatch::pairwise(pair(0), pair(0)),
-            PreferenceError::Empty { .. }
-        );
-        assert_error!(
-            PreferenceBatch::concatenated(pair(3)),
+            PairedBatch::from_output(
+                SequenceLogpsConfig::new()
+                    .init()
+                    .unwrap()
+                    .forward(
+                        floats(vec![0.0; 3 * 2 * 4], [3, 2, 4], &device),
+                        crate::common::ints(vec![0; 6], [3, 2], &device),
+                        None,
+                    )
+                    .unwrap(),
+                BatchLayout::ChosenFirst { pairs: 1 },
+            ),
             PreferenceError::Shape { .. }
         );
         assert_error!(
-            PreferenceBatch::ranked_by_position(two(2, 1)),
+            PairedBatch::new(two(2, 1)),
             PreferenceError::Shape { arg: "policy", .. }
         );
         assert_error!(
-            PreferenceBatch::ranked(two(2, 3), two(2, 2)),
+            PairedBatch::new(two(2, 3)).unwrap().with_scores(two(2, 2)),
             PreferenceError::Shape { arg: "scores", .. }
         );
+        // NaN scores: the builder takes them, the loss refuses them (value checks on).
+        let nan_scores = PairedBatch::new(two(1, 3))
+            .unwrap()
+            .with_reference(two(1, 3))
+            .unwrap()
+            .with_scores(floats(vec![1.0, f32::NAN, 0.0], [1, 3], &device))
+            .unwrap();
         assert_error!(
-            PreferenceBatch::ranked(two(1, 3), floats(vec![1.0, f32::NAN, 0.0], [1, 3], &device),),
+            checked.forward(nan_scores),
             PreferenceError::InvalidValue { arg: "scores", .. }
         );
-        let base = PreferenceBatch::pairwise(pair(2), pair(2)).unwrap();
+        let base = PairedBatch::new(two(2, 2)).unwrap();
         assert_error!(
             base.clone().with_reference(two(3, 2)),
             PreferenceError::BatchMismatch {
@@ -1086,7 +710,7 @@ fn bad_inputs_get_typed_errors() {
             }
         );
         assert_error!(
-            base.clone().with_pairwise_reference(pair(2), pair(1)),
+            base.clone().with_reference(two(1, 2)),
             PreferenceError::BatchMismatch { .. }
         );
         assert_error!(
@@ -1094,9 +718,14 @@ fn bad_inputs_get_typed_errors() {
             PreferenceError::Shape { arg: "lengths", .. }
         );
         for q in [1.5, -0.25, f32::NAN] {
+            let batch = base
+                .clone()
+                .with_reference(two(2, 2))
+                .unwrap()
+                .with_soft_labels(floats(vec![0.5, q], [2], &device))
+                .unwrap();
             assert_error!(
-                base.clone()
-                    .with_soft_labels(floats(vec![0.5, q], [2], &device)),
+                checked.forward(batch),
                 PreferenceError::InvalidValue {
                     arg: "soft_labels",
                     ..
@@ -1111,7 +740,7 @@ fn bad_inputs_get_typed_errors() {
             }
         );
         assert_error!(
-            PreferenceBatch::ranked_by_position(two(2, 3))
+            PairedBatch::new(two(2, 3))
                 .unwrap()
                 .with_soft_labels(pair(2)),
             PreferenceError::Shape { arg: "policy", .. }
@@ -1127,37 +756,11 @@ fn bad_inputs_get_typed_errors() {
             }
         );
         assert_error!(
-            IpoConfig::new().init().unwrap().forward(base),
+            PsiPoConfig::new(Psi::Identity)
+                .init()
+                .unwrap()
+                .forward(base),
             PreferenceError::MissingInput { loss: "IPO", .. }
-        );
-
-        assert_error!(
-            ranking_accuracy(two(1, 3), floats(vec![0.0, f32::NAN, 1.0], [1, 3], &device)),
-            PreferenceError::InvalidValue { .. }
-        );
-        assert_error!(
-            categorical_kl(pair(3), pair(2)),
-            PreferenceError::Shape { arg: "q", .. }
-        );
-        assert_error!(
-            categorical_kl(pair(0), pair(0)),
-            PreferenceError::Empty { .. }
-        );
-
-        let gatherer = SequenceLogpsConfig::new().init().unwrap();
-        let logits = floats(vec![0.0; 2 * 3 * 4], [2, 3, 4], &device);
-        assert_error!(
-            token_kl(
-                &gatherer,
-                logits.clone(),
-                floats(vec![0.0; 2 * 3 * 5], [2, 3, 5], &device),
-                ints(vec![0; 6], [2, 3], &device),
-                None,
-            ),
-            PreferenceError::Shape {
-                arg: "reference_logits",
-                ..
-            }
         );
     }
 }

@@ -4,23 +4,19 @@
 //! TRL 1.16.0's own `DPOTrainer._compute_loss` (with stand-in models whose LM head is TRL's
 //! fused one) on fixed hidden states and LM-head weights: the loss, the logged metrics and the
 //! gradients with respect to the policy's hidden states and head. Here the same inputs go
-//! through `SequenceLogps::forward_linear`, `PreferenceBatch::from_concatenated` and
+//! through `SequenceLogps::forward_linear`, `PairedBatch::from_output` and
 //! `DpoConfig` deserialised from the very config TRL ran with; everything must agree to
 //! 1e-5 relative (f32).
 //!
 //! The per-token extras TRL's metrics and WPO read (mean logit, entropy, `log Σ p²`, "label
 //! is the argmax") are computed here in f64 from `hidden · weightᵀ`, an independent reference.
 
-mod common;
-
 use burn::tensor::{Bool, Device, Tensor, TensorData};
-use burn_preference::{
-    DpoConfig, PreferenceBatch, PreferenceError, PreferenceLoss, SequenceLogpsConfig,
-    SequenceLogpsOutput,
-};
-use common::{assert_close, autodiff_devices, floats, ints, to_vec};
+use burn_preference::logps::SequenceLogpsOutput;
+use burn_preference::prelude::*;
 use serde_json::Value;
 
+use crate::common::{assert_close, autodiff_devices, floats, ints, to_vec};
 const REL: f64 = 1e-5;
 
 struct Array {
@@ -132,7 +128,7 @@ fn run(case: &Value, config: &DpoConfig, device: &Device) -> Run {
         .unwrap();
     let gather = |h: Tensor<3>, w: Tensor<2>| {
         gatherer
-            .forward_linear(h, w, ints(labels.clone(), [rows, time], device))
+            .forward_linear(h, w, ints(labels.clone(), [rows, time], device), None)
             .unwrap()
     };
     let (hidden, weight, h, w) = model("policy", true);
@@ -155,9 +151,9 @@ fn run(case: &Value, config: &DpoConfig, device: &Device) -> Run {
         .get_or_insert_with(|| Tensor::<2, Bool>::from_data(TensorData::new(top1, shape), device));
     let (_, _, rh, rw) = model("reference", false);
     let reference = gather(rh, rw);
-    let batch = PreferenceBatch::from_concatenated(policy)
+    let batch = PairedBatch::from_output(policy, BatchLayout::ChosenFirst { pairs: rows / 2 })
         .unwrap()
-        .with_concatenated_reference_output(reference)
+        .with_reference_output(reference)
         .unwrap();
     let out = config.init().unwrap().forward(batch).unwrap();
     let metrics = out.metrics.log().unwrap();
@@ -276,9 +272,7 @@ fn every_trl_loss_option_matches_trl_1_16() {
             );
         }
     }
-    let all: std::collections::BTreeSet<String> = burn_preference::DpoLossType::ALL
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
+    let all: std::collections::BTreeSet<String> =
+        DpoLossType::ALL.iter().map(|t| t.to_string()).collect();
     assert_eq!(covered, all, "every loss type has a TRL case");
 }
