@@ -28,33 +28,41 @@ fn loss_types_round_trip_trl_strings() {
     ));
 }
 
+/// TRL's config dicts load as they are: missing keys (and this crate's own `value_checks`,
+/// which TRL does not have) take their defaults, unknown keys are ignored.
 #[test]
 fn configs_deserialise_from_trl_keys_with_defaults() {
-    let keys: Value = serde_json::from_str(r#"{"loss_type": "alphapo", "alpha": 0.25}"#).unwrap();
-    let cpo = from_trl(CpoConfig::new(), &keys);
+    let cpo: CpoConfig =
+        serde_json::from_str(r#"{"loss_type": "alphapo", "alpha": 0.25}"#).unwrap();
     assert_eq!((cpo.beta, cpo.cpo_alpha, cpo.simpo_gamma), (0.1, 1.0, 0.5));
+    assert!(cpo.value_checks, "value checks default on");
     let loss = cpo.init().unwrap();
     assert_eq!(
         (loss.loss_type(), loss.cpo_alpha()),
         (CpoLossType::Simpo, 0.0)
     );
-    let keys: Value = serde_json::from_str(r#"{"loss_type": "apo_zero_unpaired"}"#).unwrap();
-    let kto = from_trl(KtoConfig::new(), &keys);
+    let kto: KtoConfig = serde_json::from_str(r#"{"loss_type": "apo_zero_unpaired"}"#).unwrap();
     assert_eq!(
         (kto.beta, kto.desirable_weight, kto.undesirable_weight),
         (0.1, 1.0, 1.0)
     );
-    // burn's `Config` deserialiser wants every field, and TRL's dicts have no
-    // `value_checks`: the TRL keys are laid over the defaults (unknown keys are ignored).
-    let keys: Value = serde_json::from_str(r#"{"beta": 0.25, "max_length": 1024}"#).unwrap();
-    let orpo = from_trl(OrpoConfig::new(), &keys);
+    assert_eq!(kto.loss_type, KtoLossType::ApoZeroUnpaired);
+    let orpo: OrpoConfig = serde_json::from_str(r#"{"beta": 0.25, "max_length": 1024}"#).unwrap();
     assert_eq!(orpo.beta, 0.25);
     assert!(orpo.value_checks, "value checks default on");
-    // A full TRL dict.
+    let bco: BcoConfig =
+        serde_json::from_str(r#"{"beta": 0.5, "prompt_sample_size": 1024}"#).unwrap();
+    assert_eq!((bco.beta, bco.value_checks), (0.5, true));
+    // A full TRL dict, and a setting of ours next to TRL's keys.
     let full = r#"{"beta": 0.1, "label_smoothing": 0.0, "loss_type": "ipo", "cpo_alpha": 1.0,
-                   "simpo_gamma": 0.5, "alpha": 0.0, "learning_rate": 1e-6}"#;
-    let cpo = from_trl(CpoConfig::new(), &serde_json::from_str(full).unwrap());
+                   "simpo_gamma": 0.5, "alpha": 0.0, "learning_rate": 1e-6,
+                   "value_checks": false}"#;
+    let cpo: CpoConfig = serde_json::from_str(full).unwrap();
     assert_eq!(cpo.loss_type, CpoLossType::Ipo);
+    assert!(!cpo.value_checks);
+    // The TRL keys laid over the defaults give the same config.
+    let keys: Value = serde_json::from_str(full).unwrap();
+    assert_eq!(from_trl(CpoConfig::new(), &keys), cpo);
 }
 
 #[test]
