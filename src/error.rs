@@ -112,5 +112,7 @@ pub enum PreferenceError {
     },
 }
 
-/// Shorthand for `Result<T, PreferenceError>`.
-pub type Result<T> = core::result::Result<T, PreferenceError>;
+/// Shorthand for `Result<T, PreferenceError>`. The error type is a defaulted parameter so that
+/// `use burn_preference::prelude::*;` leaves two-argument `Result<T, E>` (e.g. `main`'s
+/// `Result<(), Box<dyn Error>>`) working in the importing file.
+pub type Result<T, E = PreferenceError> = core::result::Result<T, E>;
