@@ -119,7 +119,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     });
     // The CPU kernels' instruction set (the flex and ndarray devices), for comparing runs.
     #[cfg(any(feature = "flex", feature = "ndarray"))]
-    let cpu_isa = format!("{:?}", burn_preference::cpu_kernel_isa()).to_lowercase();
+    let cpu_isa = format!("{:?}", burn_preference::diagnostics::cpu_kernel_isa()).to_lowercase();
     #[cfg(not(any(feature = "flex", feature = "ndarray")))]
     let cpu_isa = "none";
     println!(

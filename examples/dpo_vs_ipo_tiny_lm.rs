@@ -41,10 +41,9 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_preference::{
-    DpoConfig, IpoConfig, LogpReduction, PreferenceBatch, PreferenceLoss, RrhfConfig,
-    SequenceLogps, SequenceLogpsConfig, token_kl,
-};
+use burn_preference::logps::{SequenceLogps, SequenceLogpsOutput};
+use burn_preference::metrics::token_kl;
+use burn_preference::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use plot::{COLORS, Line, Panel};
 use rng::SplitMix64;
@@ -270,7 +269,7 @@ fn fit_reference(data: &Data, steps: usize, device: &Device) -> Result<TinyLm, B
         let batch = data.sft.rows_of(&rows);
         let tokens = batch.tokens(device);
         let nll = gatherer
-            .forward(model.forward(tokens.clone()), tokens)?
+            .forward(model.forward(tokens.clone()), tokens, None)?
             .logps
             .mean()
             .neg();
@@ -280,19 +279,19 @@ fn fit_reference(data: &Data, steps: usize, device: &Device) -> Result<TinyLm, B
     Ok(model)
 }
 
-/// Sequence log-probs `[N]` of the response tokens (summed, as in the DPO and IPO papers).
+/// Sequence log-probs `[N]` of the response tokens (summed, as in the DPO and IPO papers),
+/// with their token counts.
 fn response_logps(
     model: &TinyLm,
     gatherer: &SequenceLogps,
     rows: &Sequences,
     device: &Device,
-) -> Result<Tensor<1>, Box<dyn Error>> {
-    Ok(gatherer
-        .forward(
-            model.forward(rows.tokens(device)),
-            rows.response_labels(device),
-        )?
-        .logps)
+) -> Result<SequenceLogpsOutput, Box<dyn Error>> {
+    Ok(gatherer.forward(
+        model.forward(rows.tokens(device)),
+        rows.response_labels(device),
+        None,
+    )?)
 }
 
 /// One logged point on the held-out pairs.
@@ -322,7 +321,9 @@ impl Evaluator {
         device: &Device,
     ) -> Result<Point, Box<dyn Error>> {
         let pairs = HELD_OUT_PROMPTS;
-        let policy = response_logps(model, &self.gatherer, &self.held_out, device)?.detach();
+        let policy = response_logps(model, &self.gatherer, &self.held_out, device)?
+            .logps
+            .detach();
         let accuracy = |values: Tensor<1>| {
             let chosen = values.clone().narrow(0, 0, pairs);
             let rejected = values.narrow(0, pairs, pairs);
@@ -381,9 +382,10 @@ fn train(
     let gatherer = &evaluator.gatherer;
     let mut rng = SplitMix64(11);
     let mut history = Vec::new();
-    let loss: Box<dyn PreferenceLoss> = match method {
+    // IPO on summed log-probs as the paper writes it: ΨPO with identity Ψ, β is IPO's τ.
+    let loss: Box<dyn PreferenceLoss<Batch = PairedBatch>> = match method {
         Method::Dpo => Box::new(DpoConfig::new().with_beta(0.1).init()?),
-        Method::Ipo => Box::new(IpoConfig::new().with_tau(0.1).init()?),
+        Method::Ipo => Box::new(PsiPoConfig::new(Psi::Identity).with_beta(0.1).init()?),
         Method::Rrhf => Box::new(RrhfConfig::new().init()?),
     };
     let pairs = TRAIN_PROMPTS;
@@ -410,7 +412,10 @@ fn train(
                     0,
                     Tensor::from_data(TensorData::new(ids, [2 * BATCH]), device),
                 );
-                PreferenceBatch::concatenated(policy)?.with_concatenated_reference(reference)?
+                // Chosen rows first: [2B] → [B, 2] as the layout says; the stored reference
+                // log-probs [2B] are laid out the same way, chosen in column 0.
+                PairedBatch::from_output(policy, BatchLayout::ChosenFirst { pairs: BATCH })?
+                    .with_reference(reference.reshape([2, BATCH]).transpose())?
             }
             Method::Rrhf => {
                 let rows: Vec<usize> = prompts
@@ -418,16 +423,18 @@ fn train(
                     .flat_map(|p| (0..4).map(move |k| p * 4 + k))
                     .collect();
                 let candidates = data.ranked.rows_of(&rows);
-                let out = gatherer.forward(
-                    model.forward(candidates.tokens(device)),
-                    candidates.response_labels(device),
-                )?;
+                let out = response_logps(&model, gatherer, &candidates, device)?;
                 let scores: Vec<f32> = rows.iter().map(|&r| data.ranked_scores[r]).collect();
-                PreferenceBatch::ranked(
-                    out.logps.reshape([BATCH, 4]),
-                    Tensor::from_data(TensorData::new(scores, [BATCH, 4]), device),
-                )?
-                .with_lengths(out.counts.reshape([BATCH, 4]))?
+                // Prompt-major rows → [B, 4] with each candidate's token count; ranked by
+                // the scores.
+                let layout = BatchLayout::PromptMajor {
+                    prompts: BATCH,
+                    candidates: 4,
+                };
+                PairedBatch::from_output(out, layout)?.with_scores(Tensor::from_data(
+                    TensorData::new(scores, [BATCH, 4]),
+                    device,
+                ))?
             }
         };
         let grads = GradientsParams::from_grads(loss.forward(batch)?.loss.backward(), &model);
@@ -451,13 +458,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     let reference = fit_reference(&data, SFT_STEPS, &device)?;
     let gatherer = SequenceLogpsConfig::new().init()?;
     // Precomputed once: the reference never changes.
-    let train_reference_logps =
-        response_logps(&reference, &gatherer, &data.train_pairs, &device)?.detach();
+    let train_reference_logps = response_logps(&reference, &gatherer, &data.train_pairs, &device)?
+        .logps
+        .detach();
     let held_out_chosen = data
         .held_out_pairs
         .rows_of(&(0..HELD_OUT_PROMPTS).collect::<Vec<_>>());
     let evaluator = Evaluator {
         reference_logps: response_logps(&reference, &gatherer, &data.held_out_pairs, &device)?
+            .logps
             .detach(),
         reference_logits: reference.forward(held_out_chosen.tokens(&device)).detach(),
         held_out: data

@@ -11,7 +11,7 @@
 //!    `[R, T, V]` logits into `SequenceLogps::forward`) and packed
 //!    (`PreferenceCollator::pack`, block-diagonal causal mask, the fused LM head in
 //!    `SequenceLogps::forward_linear_packed`). Both give chosen-first `[2B]` log-probs for
-//!    `PreferenceBatch::concatenated`, so the two runs follow the same losses.
+//!    `PairedBatch::from_output(out, batch.layout())`, so the two runs follow the same losses.
 //!
 //! ```sh
 //! cargo run --release --example packed_transformer -- --out docs

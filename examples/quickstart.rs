@@ -9,11 +9,9 @@
 #[path = "common/args.rs"]
 mod args;
 
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use burn_preference::{
-    DpoConfig, IpoConfig, LogpReduction, PreferenceBatch, PreferenceLoss, PreferenceOutput, Psi,
-    PsiPoConfig, RrhfConfig, SequenceLogpsConfig, concatenated_log_ratios,
-};
+use burn::tensor::{Distribution, Tensor};
+use burn_preference::data::PreferenceExample;
+use burn_preference::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device =
@@ -21,22 +19,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     device.seed(7);
     println!("device: {device:?}\n");
 
-    // Two prompts, each with a chosen and a rejected response of up to 6 tokens over a
-    // 32-token vocabulary. Trainers run chosen and rejected in one forward pass: rows 0..2 are
-    // chosen, rows 2..4 rejected. -100 marks prompt and padding positions.
-    let (batch, time, vocab) = (4, 6, 32);
-    let labels = Tensor::<2, Int>::from_data(
-        TensorData::new(
-            vec![
-                -100i64, -100, 5, 9, 2, 1, // prompt 0, chosen
-                -100, 3, 3, 8, -100, -100, // prompt 1, chosen
-                -100, -100, 7, 7, 1, 0, // prompt 0, rejected
-                -100, 3, 4, 4, 4, -100, // prompt 1, rejected
-            ],
-            [batch, time],
-        ),
-        &device,
-    );
+    // Two prompts, each with a chosen and a rejected response, as token ids. The collator
+    // pads them into one batch the way trainers run it (one forward pass over both): rows
+    // 0..2 are the chosen responses, rows 2..4 the rejected ones, and the labels are −100 on
+    // the prompts and the padding, so only response tokens count.
+    let examples = vec![
+        PreferenceExample {
+            prompt: vec![1, 2],
+            chosen: vec![5, 9, 2, 1],
+            rejected: vec![7, 7, 1, 0],
+        },
+        PreferenceExample {
+            prompt: vec![6],
+            chosen: vec![3, 3, 8],
+            rejected: vec![3, 4, 4, 4],
+        },
+    ];
+    let collated = PreferenceCollatorConfig::new().init()?.pad(&examples)?;
+    let [batch, time] = collated.dims();
+    let labels = collated.labels(&device);
+    let vocab = 32;
+    // Stand-ins for the policy's and the frozen reference model's logits over those rows.
     let policy_logits = Tensor::<3>::random(
         [batch, time, vocab],
         Distribution::Normal(0.0, 2.0),
@@ -48,55 +51,67 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &device,
     ));
 
+    // Summed token log-probs per sequence (the DPO and IPO papers' ρ); no mask beyond the
+    // labels' −100.
     let gatherer = SequenceLogpsConfig::new()
         .with_reduction(LogpReduction::Sum)
         .init()?;
-    let policy = gatherer.forward(policy_logits, labels.clone())?;
-    let reference = gatherer.forward(reference_logits, labels.clone())?.logps;
+    let policy = gatherer.forward(policy_logits, labels.clone(), None)?;
+    let reference = gatherer.forward(reference_logits, labels.clone(), None)?;
     println!("sequence log-probs (policy):    {}", show(&policy.logps));
-    println!("sequence log-probs (reference): {}", show(&reference));
+    println!("sequence log-probs (reference): {}", show(&reference.logps));
     println!("valid tokens per sequence:      {}", show(&policy.counts));
 
-    let ratios = concatenated_log_ratios(policy.logps.clone(), Some(reference.clone()))?;
-    println!("log-ratios chosen:   {}", show(&ratios.chosen));
-    println!("log-ratios rejected: {}", show(&ratios.rejected));
-    println!("margins h:           {}\n", show(&ratios.margin()));
+    // The log-ratios ρ = log π − log π_ref the losses compare, chosen rows first; the
+    // losses compute them themselves, shown here to read the numbers below.
+    let ratios = policy.logps.clone().sub(reference.logps.clone());
+    let pairs = batch / 2;
+    let chosen = ratios.clone().narrow(0, 0, pairs);
+    let rejected = ratios.narrow(0, pairs, pairs);
+    println!("log-ratios chosen:   {}", show(&chosen));
+    println!("log-ratios rejected: {}", show(&rejected));
+    println!("margins h:           {}\n", show(&chosen.sub(rejected)));
 
-    let pairs = PreferenceBatch::concatenated(policy.logps.clone())?
-        .with_concatenated_reference(reference)?;
+    // The collated batch knows its layout (chosen first), so the gatherer's outputs become a
+    // [2 prompts, 2 candidates] batch without a hand-written reshape.
+    let pairs = PairedBatch::from_output(policy.clone(), collated.layout())?
+        .with_reference_output(reference)?;
     report(
         "DPO (β = 0.1)",
         DpoConfig::new().init()?.forward(pairs.clone())?,
-    );
+    )?;
     report(
         "cDPO (β = 0.1, ε = 0.1)",
         PsiPoConfig::new(Psi::Logit)
             .with_label_smoothing(0.1)
             .init()?
             .forward(pairs.clone())?,
-    );
+    )?;
+    // IPO on summed log-probs, as the paper writes it: ΨPO with identity Ψ, β is IPO's τ.
     report(
         "IPO (τ = 0.1)",
-        IpoConfig::new().init()?.forward(pairs.clone())?,
-    );
+        PsiPoConfig::new(Psi::Identity)
+            .with_beta(0.1)
+            .init()?
+            .forward(pairs.clone())?,
+    )?;
     report(
         "ΨPO (identity Ψ, β = 0.5)",
         PsiPoConfig::new(Psi::Identity)
             .with_beta(0.5)
             .init()?
             .forward(pairs)?,
-    );
+    )?;
 
     // RRHF ranks K candidates by score: here the two responses of each prompt, K = 2, with
-    // the summed log-probs, their token counts and reward-model scores.
-    let sums = policy.logps.reshape([2, 2]).transpose();
-    let lengths = policy.counts.reshape([2, 2]).transpose();
+    // the summed log-probs, their token counts (the batch takes them from the gatherer's
+    // output) and reward-model scores [prompts, candidates].
     let scores = Tensor::<2>::from_floats([[0.9, 0.2], [0.4, 0.7]], &device);
-    let ranked = PreferenceBatch::ranked(sums, scores)?.with_lengths(lengths)?;
+    let ranked = PairedBatch::from_output(policy, collated.layout())?.with_scores(scores)?;
     report(
         "RRHF (hinge, α = 1)",
         RrhfConfig::new().init()?.forward(ranked)?,
-    );
+    )?;
 
     // At real vocabularies, go from the last hidden states and the LM head's weight [V, H]
     // straight to the log-probs: the [B, T, V] logits are never stored, chunk by chunk.
@@ -107,29 +122,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &device,
     );
     let lm_head = Tensor::<2>::random([vocab, width], Distribution::Normal(0.0, 0.5), &device);
-    let fused = gatherer.forward_linear(hidden.clone(), lm_head.clone(), labels.clone())?;
+    let fused = gatherer.forward_linear(hidden.clone(), lm_head.clone(), labels.clone(), None)?;
     let logits = hidden.matmul(lm_head.transpose().unsqueeze_dim(0));
-    let materialised = gatherer.forward(logits, labels)?;
+    let materialised = gatherer.forward(logits, labels, None)?;
     println!("\nLM head, fused:        {}", show(&fused.logps));
     println!("LM head, materialised: {}", show(&materialised.logps));
     Ok(())
 }
 
-fn report(name: &str, out: PreferenceOutput) {
-    let m = &out.metrics;
+/// The loss, each prompt's share of it, and the metrics under TRL's names (batch means,
+/// read back in one go).
+fn report(name: &str, out: LossOutput) -> Result<()> {
     println!("{name}");
     println!(
         "  loss {:.6}   per prompt {}",
         out.loss.into_scalar::<f32>(),
         show(&out.losses)
     );
-    println!(
-        "  rewards chosen {}  rejected {}  margins {}  accuracy {:.2}",
-        show(&m.rewards_chosen),
-        show(&m.rewards_rejected),
-        show(&m.margins),
-        m.accuracy.clone().into_scalar::<f32>()
-    );
+    let metrics: Vec<String> = out
+        .metrics
+        .log()?
+        .into_iter()
+        .map(|(metric, value)| format!("{metric} {value:.4}"))
+        .collect();
+    for line in metrics.chunks(4) {
+        println!("  {}", line.join("  "));
+    }
+    Ok(())
 }
 
 fn show(tensor: &Tensor<1>) -> String {

@@ -33,11 +33,9 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_preference::logps::{SequenceLogps, SequenceLogpsOutput};
 use burn_preference::loss::kl_pairs;
-use burn_preference::{
-    CpoConfig, CpoLossType, KtoConfig, OrpoConfig, SequenceLogps, SequenceLogpsConfig,
-    SequenceLogpsOutput, UnpairedBatch,
-};
+use burn_preference::prelude::*;
 use rng::SplitMix64;
 
 const VOCAB: usize = 10;
@@ -105,7 +103,7 @@ impl TinyLm {
         labels: Tensor<2, Int>,
     ) -> Result<SequenceLogpsOutput, Box<dyn Error>> {
         let weight = self.head.weight.val().transpose();
-        Ok(gatherer.forward_linear(self.hidden(tokens), weight, labels)?)
+        Ok(gatherer.forward_linear(self.hidden(tokens), weight, labels, None)?)
     }
 }
 
@@ -188,7 +186,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut optimizer = AdamConfig::new().init();
     let before = preference_accuracy(&model, &gatherer, &held_out, &autodiff)?;
     let began = Instant::now();
-    let mut last_metrics = Vec::new();
+    let mut last_metrics = Metrics::new();
     for _ in 0..steps {
         let batch = pairs(&mut rng, BATCH);
         // Chosen rows, then rejected rows: one pass, as TRL concatenates them.
@@ -198,7 +196,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             .chain(batch.iter().map(|p| p.1.clone()))
             .collect();
         let ids = tokens(&rows, &autodiff);
-        let (loss, metrics) = match loss_name.as_str() {
+        let pairs_layout = BatchLayout::ChosenFirst { pairs: BATCH };
+        let out = match loss_name.as_str() {
             "simpo" | "cpo" => {
                 let config = if loss_name == "simpo" {
                     CpoConfig::new()
@@ -208,17 +207,20 @@ fn main() -> Result<(), Box<dyn Error>> {
                 } else {
                     CpoConfig::new()
                 };
+                // The gatherer returns the token log-probs too: CPO's NLL term reads them.
                 let policy = model.logps(&gatherer, ids, response_labels(&rows, &autodiff))?;
-                let out = config.init()?.forward(policy)?;
-                (out.loss.clone(), out.metrics()?)
+                config
+                    .init()?
+                    .forward(PairedBatch::from_output(policy, pairs_layout)?)?
             }
             "orpo" => {
                 // Log-probs over prompt and response (the NLL counts both); the response
                 // labels pick out the completion tokens for the odds ratio.
                 let policy = model.logps(&gatherer, ids.clone(), ids)?;
                 let completion = response_labels(&rows, &autodiff);
-                let out = OrpoConfig::new().init()?.forward(policy, completion)?;
-                (out.loss.clone(), out.metrics()?)
+                let batch = PairedBatch::from_output(policy, pairs_layout)?
+                    .with_completion_labels(completion)?;
+                OrpoConfig::new().init()?.forward(batch)?
             }
             "kto" => {
                 // The same rows as unpaired examples: chosen desirable, rejected undesirable.
@@ -242,16 +244,17 @@ fn main() -> Result<(), Box<dyn Error>> {
                 let desirable: Vec<i64> = (0..2 * BATCH).map(|i| i64::from(i < BATCH)).collect();
                 let desirable =
                     Tensor::from_data(TensorData::new(desirable, [2 * BATCH]), &autodiff);
-                let unpaired = UnpairedBatch::new(policy, reference_logps, desirable)?
+                let unpaired = UnpairedBatch::from_output(policy, desirable)?
+                    .with_reference(reference_logps)?
                     .with_kl(policy_kl, reference_kl)?;
-                let out = KtoConfig::new().init()?.forward(unpaired)?;
-                (out.loss.clone(), out.metrics()?)
+                KtoConfig::new().init()?.forward(unpaired)?
             }
             other => return Err(format!("unknown --loss {other}\nusage: {USAGE}").into()),
         };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
         model = optimizer.step(3e-3, model, grads);
-        last_metrics = metrics;
+        // Kept on the device: read back once, after training.
+        last_metrics = out.metrics;
     }
     let after = preference_accuracy(&model, &gatherer, &held_out, &autodiff)?;
     println!(
@@ -260,7 +263,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     println!("held-out preference accuracy: {before:.3} before, {after:.3} after");
     println!("last batch:");
-    for (name, value) in last_metrics {
+    for (name, value) in last_metrics.log()? {
         println!("  {name:<20} {value:>10.4}");
     }
     Ok(())

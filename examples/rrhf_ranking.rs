@@ -29,9 +29,9 @@ use std::error::Error;
 use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use burn_preference::{
-    LogpReduction, PreferenceBatch, PreferenceLoss, RankLoss, RrhfConfig, SequenceLogpsConfig,
-};
+use burn_preference::data::BatchLayout;
+use burn_preference::loss::RankLoss;
+use burn_preference::prelude::*;
 
 const PROMPTS: usize = 64;
 const CANDIDATES: usize = 4;
@@ -116,22 +116,32 @@ fn train(
             MAX_LEN,
             VOCAB,
         ]);
-        let gathered = gatherer.forward(logits, labels.clone())?;
+        let gathered = gatherer.forward(logits, labels.clone(), None)?;
         let gathered_sums = gathered.logps.clone().detach();
-        let batch = PreferenceBatch::ranked(
-            gathered.logps.reshape([PROMPTS, CANDIDATES]),
-            scores.clone(),
-        )?
-        .with_lengths(gathered.counts.reshape([PROMPTS, CANDIDATES]))?;
+        // Prompt-major rows → [P, K] summed log-probs with their token counts (RRHF's n_i),
+        // ranked by the scores.
+        let layout = BatchLayout::PromptMajor {
+            prompts: PROMPTS,
+            candidates: CANDIDATES,
+        };
+        let batch = PairedBatch::from_output(gathered, layout)?.with_scores(scores.clone())?;
         let out = loss.forward(batch)?;
         if step % (steps / 6).max(1) == 0 {
-            let rewards = out.metrics.rewards.clone().try_into_vec_as::<f32>()?;
+            // RRHF's p_i = S_i / n_i^α from the same sums and counts (lengths clamped at 1,
+            // as the loss does), for the top-p column.
             let sums = gathered_sums.clone().try_into_vec_as::<f32>()?;
+            let p: Vec<f32> = sums
+                .iter()
+                .zip(&candidates.lengths)
+                .map(|(s, &n)| s / (n.max(1) as f32).powf(config.length_penalty as f32))
+                .collect();
+            let metrics = out.metrics.log()?;
+            let metric = |name: &str| metrics.iter().find(|(n, _)| *n == name).map(|m| m.1);
             println!(
                 "{name:<22} {step:>6} {:>9.4} {:>9.3} {:>13.2} {:>13.2} {:>12.2}",
                 out.loss.clone().into_scalar::<f32>(),
-                out.metrics.ranking_accuracy.clone().into_scalar::<f32>(),
-                mean_length_of_top(&rewards, &candidates.lengths),
+                metric("rewards/ranking_accuracy").unwrap_or(f64::NAN),
+                mean_length_of_top(&p, &candidates.lengths),
                 mean_length_of_top(&sums, &candidates.lengths),
                 mean_length_of_top(&candidates.scores, &candidates.lengths),
             );

@@ -5,7 +5,7 @@ use std::error::Error;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
-use burn_preference::{DpoConfig, PreferenceBatch, PreferenceLoss, SequenceLogpsConfig};
+use burn_preference::prelude::*;
 
 /// The median of `reps` timed runs after one warm-up run (allocations, kernel compilation).
 pub fn median_seconds(
@@ -46,12 +46,12 @@ pub enum Head {
     },
 }
 
-/// Uniform labels with about 10 % ignored (−100) and random reference log-probs `[N]`; rows
-/// `0..N/2` are chosen, `N/2..N` rejected.
+/// Uniform labels with about 10 % ignored (−100) and random reference log-probs `[N/2, 2]`
+/// (`[pairs, chosen | rejected]`); rows `0..N/2` are chosen, `N/2..N` rejected.
 pub struct Workload {
     pub head: Head,
     pub labels: Tensor<2, Int>,
-    pub reference: Tensor<1>,
+    pub reference: Tensor<2>,
     /// `SequenceLogpsConfig::chunk_rows` for the LM head (`None`: its default).
     pub chunk_rows: Option<usize>,
 }
@@ -99,7 +99,7 @@ impl Workload {
         Self {
             head,
             labels: tokens.mask_fill(ignored, -100),
-            reference: Tensor::random([n], Distribution::Normal(0.0, 1.0), device),
+            reference: Tensor::random([n / 2, 2], Distribution::Normal(0.0, 1.0), device),
             chunk_rows: None,
         }
     }
@@ -135,7 +135,10 @@ impl Workload {
         let (out, inputs) = match &self.head {
             Head::Logits(logits) => {
                 let logits = tracked(logits.clone());
-                (gatherer.forward(logits.clone(), labels)?, vec![logits])
+                (
+                    gatherer.forward(logits.clone(), labels, None)?,
+                    vec![logits],
+                )
             }
             Head::Linear {
                 hidden,
@@ -146,16 +149,18 @@ impl Workload {
                 let weight = tracked(weight.clone().unsqueeze::<3>());
                 let head = weight.clone().squeeze_dim::<2>(0);
                 let out = if *fused {
-                    gatherer.forward_linear(hidden.clone(), head, labels)?
+                    gatherer.forward_linear(hidden.clone(), head, labels, None)?
                 } else {
                     let logits = hidden.clone().matmul(head.transpose().unsqueeze_dim(0));
-                    gatherer.forward(logits, labels)?
+                    gatherer.forward(logits, labels, None)?
                 };
                 (out, vec![hidden, weight])
             }
         };
-        let batch = PreferenceBatch::concatenated(out.logps)?
-            .with_concatenated_reference(self.reference.clone())?;
+        // The n rows are n/2 pairs, chosen first, as trainers concatenate them.
+        let pairs = self.labels.dims()[0] / 2;
+        let batch = PairedBatch::from_output(out, BatchLayout::ChosenFirst { pairs })?
+            .with_reference(self.reference.clone())?;
         let loss = DpoConfig::new().init()?.forward(batch)?.loss;
         Ok((loss, if track { inputs } else { Vec::new() }))
     }

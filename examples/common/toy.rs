@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_preference::{DpoConfig, IpoConfig, PreferenceBatch, PreferenceLoss};
+use burn_preference::prelude::*;
 
 use super::rng::SplitMix64;
 
@@ -96,8 +96,13 @@ pub fn ipo_optimum(tau: f64) -> [f64; 3] {
 ///
 /// `device` must have autodiff enabled.
 pub fn train(setup: &ToySetup, device: &Device) -> Result<ToyRun, Box<dyn Error>> {
-    let loss: Box<dyn PreferenceLoss> = match setup.loss {
-        ToyLoss::Ipo => Box::new(IpoConfig::new().with_tau(setup.tau).init()?),
+    // IPO as the paper writes it (ΨPO with identity Ψ, β is IPO's τ); both take pairs.
+    let loss: Box<dyn PreferenceLoss<Batch = PairedBatch>> = match setup.loss {
+        ToyLoss::Ipo => Box::new(
+            PsiPoConfig::new(Psi::Identity)
+                .with_beta(setup.tau)
+                .init()?,
+        ),
         ToyLoss::Dpo => Box::new(DpoConfig::new().with_beta(setup.tau).init()?),
     };
     let mut policy = Policy {
@@ -106,8 +111,8 @@ pub fn train(setup: &ToySetup, device: &Device) -> Result<ToyRun, Box<dyn Error>
     let mut optimizer = AdamConfig::new().init();
     let mut rng = SplitMix64(setup.seed);
     let n = setup.batch_size;
-    // A uniform reference: log π_ref = −ln 3 for every action.
-    let reference = Tensor::<1>::full([n], -(3f64.ln()), device);
+    // A uniform reference: log π_ref = −ln 3 for every action, [pairs, 2] like the policy.
+    let reference = Tensor::<2>::full([n, 2], -(3f64.ln()), device);
     let mut history = Vec::new();
 
     for step in 0..setup.steps {
@@ -130,8 +135,9 @@ pub fn train(setup: &ToySetup, device: &Device) -> Result<ToyRun, Box<dyn Error>
         let log_probs = log_softmax(policy.theta.val(), 0);
         let chosen = log_probs.clone().select(0, index(|p| p.0));
         let rejected = log_probs.select(0, index(|p| p.1));
-        let batch = PreferenceBatch::pairwise(chosen, rejected)?
-            .with_pairwise_reference(reference.clone(), reference.clone())?;
+        // [pairs, 2], the chosen action in column 0.
+        let batch = PairedBatch::new(Tensor::stack(vec![chosen, rejected], 1))?
+            .with_reference(reference.clone())?;
         let grads = loss.forward(batch)?.loss.backward();
         let grads = GradientsParams::from_grads(grads, &policy);
         policy = optimizer.step(setup.learning_rate, policy, grads);

@@ -10,7 +10,7 @@
 //! model gets the matching attention mask (causal within a row's tokens, or block-diagonal
 //! causal within each packed sequence) and positions that restart at every sequence, and the
 //! log-probs come back chosen-first `[2B]` either way, ready for
-//! `PreferenceBatch::concatenated`.
+//! `PairedBatch::from_output(out, batch.layout())`.
 
 use std::error::Error;
 use std::time::Instant;
@@ -21,11 +21,9 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use burn_preference::{
-    Collated, DpoConfig, IpoConfig, LogpReduction, PreferenceBatch, PreferenceCollator,
-    PreferenceCollatorConfig, PreferenceExample, PreferenceLoss, Psi, PsiPoConfig, SequenceLogps,
-    SequenceLogpsConfig, SequenceLogpsOutput,
-};
+use burn_preference::data::{Collated, PreferenceCollator, PreferenceExample};
+use burn_preference::logps::{SequenceLogps, SequenceLogpsOutput};
+use burn_preference::prelude::*;
 
 use super::rng::SplitMix64;
 
@@ -149,7 +147,7 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn new(batch: &Collated, device: &Device) -> Self {
-        let [rows, time] = batch.dims;
+        let [rows, time] = batch.dims();
         let mask = attention_mask(&sequence_ids(batch), rows, time);
         Self {
             input_ids: batch.input_ids(device),
@@ -163,12 +161,12 @@ impl Inputs {
 /// Which sequence every token `[R·T]` belongs to, −1 on padding: a packed batch's segment
 /// ids, or for a padded batch the row of every unpadded token.
 pub fn sequence_ids(batch: &Collated) -> Vec<i64> {
-    match &batch.segments {
+    match batch.segments() {
         Some(segments) => segments.segment_ids(),
         None => {
-            let time = batch.dims[1];
+            let time = batch.dims()[1];
             batch
-                .attention_mask
+                .host_attention_mask()
                 .iter()
                 .enumerate()
                 .map(|(i, &m)| if m == 1 { (i / time) as i64 } else { -1 })
@@ -243,8 +241,8 @@ pub fn sequence_logps(
     device: &Device,
 ) -> Res<SequenceLogpsOutput> {
     let inputs = Inputs::new(batch, device);
-    Ok(match &batch.segments {
-        None => gatherer.forward(model.logits(&inputs), inputs.labels)?,
+    Ok(match batch.segments() {
+        None => gatherer.forward(model.logits(&inputs), inputs.labels, None)?,
         Some(segments) => gatherer.forward_linear_packed(
             model.hidden(&inputs),
             model.head_weight(),
@@ -256,8 +254,9 @@ pub fn sequence_logps(
 
 /// Real (unpadded) tokens and all tokens of a batch.
 pub fn token_counts(batch: &Collated) -> (usize, usize) {
-    let real = batch.attention_mask.iter().filter(|&&m| m == 1).count();
-    (real, batch.attention_mask.len())
+    let mask = batch.host_attention_mask();
+    let real = mask.iter().filter(|&&m| m == 1).count();
+    (real, mask.len())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -398,10 +397,11 @@ impl Method {
         }
     }
 
-    fn loss(self) -> Res<Box<dyn PreferenceLoss>> {
+    fn loss(self) -> Res<Box<dyn PreferenceLoss<Batch = PairedBatch>>> {
         Ok(match self {
             Method::Dpo => Box::new(DpoConfig::new().with_beta(0.1).init()?),
-            Method::Ipo => Box::new(IpoConfig::new().with_tau(0.1).init()?),
+            // IPO on summed log-probs, as the paper writes it (β is IPO's τ).
+            Method::Ipo => Box::new(PsiPoConfig::new(Psi::Identity).with_beta(0.1).init()?),
             Method::ReferenceFreeDpo => Box::new(
                 PsiPoConfig::new(Psi::Logit)
                     .with_beta(0.1)
@@ -513,31 +513,39 @@ pub struct Run {
 /// The held-out set collated once in a run's layout, with the reference's log-probs.
 struct HeldOut {
     batch: Collated,
-    reference: Tensor<1>,
+    reference: SequenceLogpsOutput,
 }
 
 fn evaluate(
     step: usize,
     model: &Transformer,
-    loss: &dyn PreferenceLoss,
+    loss: &dyn PreferenceLoss<Batch = PairedBatch>,
     held_out: &HeldOut,
     gatherer: &SequenceLogps,
     device: &Device,
 ) -> Res<Point> {
     let plain = device.clone().inner();
-    let policy = sequence_logps(&model.valid(), gatherer, &held_out.batch, &plain)?.logps;
-    let pairs = policy.dims()[0] / 2;
-    let chosen = policy.clone().narrow(0, 0, pairs);
-    let rejected = policy.clone().narrow(0, pairs, pairs);
+    let policy = sequence_logps(&model.valid(), gatherer, &held_out.batch, &plain)?;
+    let pairs = policy.logps.dims()[0] / 2;
+    let chosen = policy.logps.clone().narrow(0, 0, pairs);
+    let rejected = policy.logps.clone().narrow(0, pairs, pairs);
     let policy_accuracy = chosen.greater(rejected).float().mean().into_scalar::<f32>();
-    let batch = PreferenceBatch::concatenated(policy)?
-        .with_concatenated_reference(held_out.reference.clone())?;
+    let batch = PairedBatch::from_output(policy, held_out.batch.layout())?
+        .with_reference_output(held_out.reference.clone())?;
     let out = loss.forward(batch)?;
+    let metrics = out.metrics.log()?;
+    let metric = |name: &str| {
+        metrics
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, value)| *value as f32)
+            .ok_or(format!("{name} not logged"))
+    };
     Ok(Point {
         step,
         loss: out.loss.into_scalar::<f32>(),
-        reward_accuracy: out.metrics.accuracy.into_scalar::<f32>(),
-        margin: out.metrics.margins.mean().into_scalar::<f32>(),
+        reward_accuracy: metric("rewards/accuracies")?,
+        margin: metric("rewards/margins")?,
         policy_accuracy,
     })
 }
@@ -559,7 +567,7 @@ pub fn train(
     let loss = method.loss()?;
     let held_out_batch = layout.collate(&collator, &data.held_out)?;
     let held_out = HeldOut {
-        reference: sequence_logps(&frozen, &gatherer, &held_out_batch, &plain)?.logps,
+        reference: sequence_logps(&frozen, &gatherer, &held_out_batch, &plain)?,
         batch: held_out_batch,
     };
     let mut model = reference.clone();
@@ -588,12 +596,18 @@ pub fn train(
         let (real, all) = token_counts(&batch);
         run.real_tokens += real;
         run.all_tokens += all;
-        // Chosen-first [2B] in both layouts: no reshape before the loss.
-        let policy = sequence_logps(&model, &gatherer, &batch, device)?.logps;
-        let mut pairs = PreferenceBatch::concatenated(policy)?;
+        // Chosen-first [2B] in both layouts: the batch's layout says so, no reshape by hand.
+        let policy = sequence_logps(&model, &gatherer, &batch, device)?;
+        let mut pairs = PairedBatch::from_output(policy, batch.layout())?;
         if method.uses_reference() {
+            // The frozen reference runs without autodiff; its [2B] log-probs, chosen first,
+            // become [B, 2] on the policy's device.
             let reference = sequence_logps(&frozen, &gatherer, &batch, &plain)?.logps;
-            pairs = pairs.with_concatenated_reference(reference.autodiff())?;
+            let reference = reference
+                .autodiff()
+                .reshape([2, examples.len()])
+                .transpose();
+            pairs = pairs.with_reference(reference)?;
         }
         let out = loss.forward(pairs)?;
         run.train_losses.push(out.loss.clone().into_scalar::<f32>());

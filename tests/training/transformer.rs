@@ -2,19 +2,14 @@
 //! examples/common/transformer.rs): a sequence's logits and log-probs are the same padded,
 //! packed and alone, and a few training steps of every loss in both layouts lower the loss.
 
-mod common;
-#[allow(dead_code)]
-#[path = "../examples/common/rng.rs"]
-mod rng;
-#[allow(dead_code)]
-#[path = "../examples/common/transformer.rs"]
-mod transformer;
-
 use burn::tensor::{Bool, Device, Tensor};
-use burn_preference::{Collated, PreferenceExample, SequenceLogpsConfig};
-use transformer::{
-    Inputs, Layout, METHODS, Setup, Size, Transformer, attention_mask, collator, make_data,
-    sequence_logps, sft, train,
+use burn_preference::data::{Collated, PreferenceExample};
+use burn_preference::prelude::*;
+
+use crate::common;
+use crate::transformer_example::{
+    self as transformer, Inputs, Layout, METHODS, Setup, Size, Transformer, attention_mask,
+    collator, make_data, sequence_logps, sft, train,
 };
 
 /// Where sequence `s` of a collated batch lies: flat start in `[R·T]` and length.
@@ -39,7 +34,7 @@ fn alone(
         rejected: completion.to_vec(),
     };
     let batch = collator().unwrap().pad(&[example]).unwrap();
-    let len = batch.dims[1];
+    let len = batch.dims()[1];
     let rows = |t: burn::tensor::Tensor<2, burn::tensor::Int>| t.narrow(0, 0, 1);
     let inputs = Inputs {
         input_ids: rows(batch.input_ids(device)),
@@ -51,7 +46,7 @@ fn alone(
     let logp = SequenceLogpsConfig::new()
         .init()
         .unwrap()
-        .forward(logits.clone(), inputs.labels)
+        .forward(logits.clone(), inputs.labels, None)
         .unwrap()
         .logps;
     (common::to_vec(logits), common::to_vec(logp)[0])
@@ -81,9 +76,9 @@ fn a_sequence_has_the_same_logits_and_logps_padded_packed_and_alone() {
         let (real, all) = transformer::token_counts(&padded);
         assert!(real < all, "[{name}] the padded batch has no padding");
         assert!(
-            packed.dims[0] < sequences,
+            packed.dims()[0] < sequences,
             "[{name}] {} packed rows for {sequences} sequences",
-            packed.dims[0]
+            packed.dims()[0]
         );
 
         let vocab = transformer::VOCAB;

@@ -1,0 +1,18 @@
+//! End-to-end training: the examples' training loops (their shared code in examples/common/),
+//! shortened, on every device.
+
+#[path = "../common/mod.rs"]
+mod common;
+// The examples' shared code, included as the examples include it (each example uses a part).
+#[allow(dead_code)]
+#[path = "../../examples/common/rng.rs"]
+mod rng;
+#[allow(dead_code)]
+#[path = "../../examples/common/toy.rs"]
+mod toy_example;
+#[allow(dead_code)]
+#[path = "../../examples/common/transformer.rs"]
+mod transformer_example;
+
+mod toy;
+mod transformer;
