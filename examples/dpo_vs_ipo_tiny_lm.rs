@@ -31,15 +31,15 @@ mod args;
 mod plot;
 #[path = "common/rng.rs"]
 mod rng;
+#[allow(dead_code)] // shared by the examples
+#[path = "common/tiny_lm.rs"]
+mod tiny_lm;
 
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_preference::logps::{SequenceLogps, SequenceLogpsOutput};
 use burn_preference::metrics::token_kl;
@@ -47,12 +47,10 @@ use burn_preference::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use plot::{COLORS, Line, Panel};
 use rng::SplitMix64;
+use tiny_lm::{TinyLm, VOCAB};
 
-const VOCAB: usize = 10;
 const PROMPT_LEN: usize = 4;
 const SEQ_LEN: usize = 12;
-const D_MODEL: usize = 32;
-const D_HIDDEN: usize = 64;
 const TRAIN_PROMPTS: usize = 512;
 const HELD_OUT_PROMPTS: usize = 128;
 const BATCH: usize = 32;
@@ -60,50 +58,6 @@ const FLIP_RATE: f64 = 0.2;
 const SFT_STEPS: usize = 150;
 /// Held-out evaluation every this many steps.
 const EVAL_EVERY: usize = 10;
-
-/// Token and position embeddings, an MLP over `[h_t, h_{t−1}]` with a residual, an LM head.
-#[derive(Module, Debug)]
-struct TinyLm {
-    tokens: Embedding,
-    positions: Embedding,
-    mix: Linear,
-    out: Linear,
-    head: Linear,
-}
-
-impl TinyLm {
-    fn new(device: &Device) -> Self {
-        Self {
-            tokens: EmbeddingConfig::new(VOCAB, D_MODEL).init(device),
-            positions: EmbeddingConfig::new(SEQ_LEN, D_MODEL).init(device),
-            mix: LinearConfig::new(2 * D_MODEL, D_HIDDEN).init(device),
-            out: LinearConfig::new(D_HIDDEN, D_MODEL).init(device),
-            head: LinearConfig::new(D_MODEL, VOCAB).init(device),
-        }
-    }
-
-    /// `tokens [B, T]` → next-token logits `[B, T, V]`.
-    fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let [batch, time] = tokens.dims();
-        let device = tokens.device();
-        let positions = Tensor::<1, Int>::arange(0..time as i64, &device)
-            .unsqueeze_dim::<2>(0)
-            .expand([batch, time]);
-        let h = self.tokens.forward(tokens) + self.positions.forward(positions);
-        // The previous position's state (zeros before the first): a causal context of two.
-        let previous = Tensor::cat(
-            vec![
-                Tensor::zeros([batch, 1, D_MODEL], &device),
-                h.clone().slice([0..batch, 0..time - 1, 0..D_MODEL]),
-            ],
-            1,
-        );
-        let mixed = self.out.forward(gelu(
-            self.mix.forward(Tensor::cat(vec![h.clone(), previous], 2)),
-        ));
-        self.head.forward(h + mixed)
-    }
-}
 
 /// Token rows `[N, T]` and the labels that score only their responses (−100 on the prompt).
 struct Sequences {
@@ -258,7 +212,7 @@ fn make_data(seed: u64) -> Data {
 /// Fits the reference briefly (mean token NLL) on sequences that keep or switch the step
 /// equally often, so it starts without a preference for the rule.
 fn fit_reference(data: &Data, steps: usize, device: &Device) -> Result<TinyLm, Box<dyn Error>> {
-    let mut model = TinyLm::new(device);
+    let mut model = TinyLm::new(SEQ_LEN, true, device);
     let mut optimizer = AdamConfig::new().init();
     let gatherer = SequenceLogpsConfig::new()
         .with_reduction(LogpReduction::Mean)

@@ -24,87 +24,39 @@ mod args;
 #[allow(dead_code)] // shared by the examples
 #[path = "common/rng.rs"]
 mod rng;
+#[allow(dead_code)] // shared by the examples
+#[path = "common/tiny_lm.rs"]
+mod tiny_lm;
 
 use std::error::Error;
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_preference::logps::{SequenceLogps, SequenceLogpsOutput};
 use burn_preference::loss::kl_pairs;
 use burn_preference::prelude::*;
 use rng::SplitMix64;
+use tiny_lm::{TinyLm, VOCAB};
 
-const VOCAB: usize = 10;
 const PROMPT_LEN: usize = 4;
 const SEQ_LEN: usize = 8;
-const D_MODEL: usize = 32;
-const D_HIDDEN: usize = 64;
 const BATCH: usize = 32;
 const HELD_OUT: usize = 64;
 
 const USAGE: &str = "reference_free [--loss simpo|cpo|orpo|kto] [--steps N] \
                      [--device flex|ndarray|wgpu]";
 
-/// Token and position embeddings, an MLP over `[h_t, h_{t−1}]` with a residual, and a
-/// bias-free LM head (the fused head covers `hidden · weightᵀ` without a bias).
-#[derive(Module, Debug)]
-struct TinyLm {
-    tokens: Embedding,
-    positions: Embedding,
-    mix: Linear,
-    out: Linear,
-    head: Linear,
-}
-
-impl TinyLm {
-    fn new(device: &Device) -> Self {
-        Self {
-            tokens: EmbeddingConfig::new(VOCAB, D_MODEL).init(device),
-            positions: EmbeddingConfig::new(SEQ_LEN, D_MODEL).init(device),
-            mix: LinearConfig::new(2 * D_MODEL, D_HIDDEN).init(device),
-            out: LinearConfig::new(D_HIDDEN, D_MODEL).init(device),
-            head: LinearConfig::new(D_MODEL, VOCAB)
-                .with_bias(false)
-                .init(device),
-        }
-    }
-
-    /// `tokens [B, T]` → last hidden states `[B, T, D]`.
-    fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let [batch, time] = tokens.dims();
-        let device = tokens.device();
-        let positions = Tensor::<1, Int>::arange(0..time as i64, &device)
-            .unsqueeze_dim::<2>(0)
-            .expand([batch, time]);
-        let h = self.tokens.forward(tokens) + self.positions.forward(positions);
-        let previous = Tensor::cat(
-            vec![
-                Tensor::zeros([batch, 1, D_MODEL], &device),
-                h.clone().narrow(1, 0, time - 1),
-            ],
-            1,
-        );
-        let mixed = self.out.forward(gelu(
-            self.mix.forward(Tensor::cat(vec![h.clone(), previous], 2)),
-        ));
-        h + mixed
-    }
-
-    /// The log-probs of `labels` through the fused head: burn-nn's `Linear` stores `[H, V]`,
-    /// the fused head takes `[V, H]`.
-    fn logps(
-        &self,
-        gatherer: &SequenceLogps,
-        tokens: Tensor<2, Int>,
-        labels: Tensor<2, Int>,
-    ) -> Result<SequenceLogpsOutput, Box<dyn Error>> {
-        let weight = self.head.weight.val().transpose();
-        Ok(gatherer.forward_linear(self.hidden(tokens), weight, labels, None)?)
-    }
+/// The log-probs of `labels` through the fused LM head: the last hidden states and the
+/// head's weight, never the `[B, T, V]` logits.
+fn logps(
+    model: &TinyLm,
+    gatherer: &SequenceLogps,
+    tokens: Tensor<2, Int>,
+    labels: Tensor<2, Int>,
+) -> Result<SequenceLogpsOutput, Box<dyn Error>> {
+    let hidden = model.hidden(tokens);
+    Ok(gatherer.forward_linear(hidden, model.head_weight(), labels, None)?)
 }
 
 /// A prompt counting from `start` in steps of `step`, continued for the response with `reply`.
@@ -156,7 +108,8 @@ fn preference_accuracy(
         .map(|p| p.0.clone())
         .chain(held_out.iter().map(|p| p.1.clone()))
         .collect();
-    let out = model.logps(
+    let out = logps(
+        model,
         gatherer,
         tokens(&rows, device),
         response_labels(&rows, device),
@@ -180,7 +133,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut rng = SplitMix64(5);
     let held_out = pairs(&mut rng, HELD_OUT);
 
-    let start = TinyLm::new(&autodiff);
+    let start = TinyLm::new(SEQ_LEN, false, &autodiff);
     let reference = start.clone(); // frozen: KTO's reference model
     let mut model = start;
     let mut optimizer = AdamConfig::new().init();
@@ -208,7 +161,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                     CpoConfig::new()
                 };
                 // The gatherer returns the token log-probs too: CPO's NLL term reads them.
-                let policy = model.logps(&gatherer, ids, response_labels(&rows, &autodiff))?;
+                let policy = logps(&model, &gatherer, ids, response_labels(&rows, &autodiff))?;
                 config
                     .init()?
                     .forward(PairedBatch::from_output(policy, pairs_layout)?)?
@@ -216,7 +169,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             "orpo" => {
                 // Log-probs over prompt and response (the NLL counts both); the response
                 // labels pick out the completion tokens for the odds ratio.
-                let policy = model.logps(&gatherer, ids.clone(), ids)?;
+                let policy = logps(&model, &gatherer, ids.clone(), ids)?;
                 let completion = response_labels(&rows, &autodiff);
                 let batch = PairedBatch::from_output(policy, pairs_layout)?
                     .with_completion_labels(completion)?;
@@ -225,8 +178,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             "kto" => {
                 // The same rows as unpaired examples: chosen desirable, rejected undesirable.
                 let labels = response_labels(&rows, &autodiff);
-                let policy = model.logps(&gatherer, ids.clone(), labels.clone())?;
-                let reference_logps = reference.logps(&gatherer, ids, labels)?.logps.detach();
+                let policy = logps(&model, &gatherer, ids.clone(), labels.clone())?;
+                let reference_logps = logps(&reference, &gatherer, ids, labels)?.logps.detach();
                 let prompts: Vec<Vec<u32>> =
                     rows.iter().map(|r| r[..PROMPT_LEN].to_vec()).collect();
                 let completions: Vec<Vec<u32>> =
@@ -237,10 +190,8 @@ fn main() -> Result<(), Box<dyn Error>> {
                     .collect();
                 let kl_ids = tokens(&kl_rows, &autodiff);
                 let kl_labels = response_labels(&kl_rows, &autodiff);
-                let policy_kl = model
-                    .logps(&gatherer, kl_ids.clone(), kl_labels.clone())?
-                    .logps;
-                let reference_kl = reference.logps(&gatherer, kl_ids, kl_labels)?.logps;
+                let policy_kl = logps(&model, &gatherer, kl_ids.clone(), kl_labels.clone())?.logps;
+                let reference_kl = logps(&reference, &gatherer, kl_ids, kl_labels)?.logps;
                 let desirable: Vec<i64> = (0..2 * BATCH).map(|i| i64::from(i < BATCH)).collect();
                 let desirable =
                     Tensor::from_data(TensorData::new(desirable, [2 * BATCH]), &autodiff);
