@@ -1,7 +1,15 @@
 //! Shared test harness: the list of devices every test runs on, and small tensor helpers.
 //!
-//! Tests are written once over `devices()`; the device is a parameter, not a copy.
+//! Tests are written once over `devices()`; the device is a parameter, not a copy. Helpers
+//! that several test files need live in the submodules: deterministic inputs ([`inputs`]),
+//! `f64` references ([`reference`]), the fused op's path counters ([`paths`]) and the
+//! gatherer options shared by the log-prob tests ([`gatherer`]).
 #![allow(dead_code)]
+
+pub mod gatherer;
+pub mod inputs;
+pub mod paths;
+pub mod reference;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 

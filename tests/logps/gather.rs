@@ -1,12 +1,12 @@
-//! Sequence log-probs (SPEC §1) against a naive f64 reference, closed forms, gradients and
-//! errors, on every device in `common::devices()`.
-
-mod common;
+//! Sequence log-probs `Σ_t log softmax(z_t)[y_t]` against a naive f64 reference, closed
+//! forms, gradients and errors, on every device in `common::devices()`.
 
 use burn::tensor::{Device, Int, Tensor};
-use burn_preference::{LogpReduction, PreferenceError, SequenceLogpsConfig, sequence_logps};
-use common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
+use burn_preference::PreferenceError;
+use burn_preference::logps::{LogpReduction, SequenceLogpsConfig, SequenceLogpsOutput};
 use proptest::prelude::*;
+
+use crate::common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
 
 /// One input to the log-prob gatherer, with the options used.
 #[derive(Debug, Clone)]
@@ -100,10 +100,21 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         })
 }
 
-fn run(case: &Case, device: &Device) -> burn_preference::SequenceLogpsOutput {
+/// Summed sequence log-probs with the default options (causal shift, `ignore_index` −100).
+fn summed_logps(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
+    SequenceLogpsConfig::new()
+        .with_reduction(LogpReduction::Sum)
+        .init()
+        .unwrap()
+        .forward(logits, labels, None)
+        .unwrap()
+        .logps
+}
+
+fn run(case: &Case, device: &Device) -> SequenceLogpsOutput {
     let [b, t, v] = case.dims;
     let gatherer = SequenceLogpsConfig::new()
-        .with_strict_labels(false) // out-of-range labels are generated on purpose
+        .with_value_checks(false) // out-of-range labels are generated on purpose
         .with_shift(case.shift)
         .with_reduction(case.reduction)
         .with_return_token_logps(true)
@@ -111,11 +122,8 @@ fn run(case: &Case, device: &Device) -> burn_preference::SequenceLogpsOutput {
         .unwrap();
     let logits = floats(case.logits.clone(), [b, t, v], device);
     let labels = ints(case.labels.clone(), [b, t], device);
-    match &case.mask {
-        Some(mask) => gatherer.forward_masked(logits, labels, ints(mask.clone(), [b, t], device)),
-        None => gatherer.forward(logits, labels),
-    }
-    .unwrap()
+    let mask = case.mask.as_ref().map(|m| ints(m.clone(), [b, t], device));
+    gatherer.forward(logits, labels, mask).unwrap()
 }
 
 proptest! {
@@ -136,7 +144,7 @@ proptest! {
 
 #[test]
 fn uniform_logits_give_minus_n_ln_v() {
-    // SPEC §5: V = 32000, 5 valid tokens → −5 ln 32000 = −51.867456.
+    // Uniform logits over V = 32000: each valid token is −ln 32000; 5 tokens → −51.867456.
     for (name, device) in devices() {
         let logits = Tensor::<3>::full([1, 6, 32000], 0.25, &device);
         let labels =
@@ -144,7 +152,7 @@ fn uniform_logits_give_minus_n_ln_v() {
         let out = SequenceLogpsConfig::new()
             .init()
             .unwrap()
-            .forward(logits, labels)
+            .forward(logits, labels, None)
             .unwrap();
         // Shifted labels [31999, 0, -100, 4, 5]: 4 valid tokens; add the unshifted 6-token case.
         assert_close(
@@ -161,7 +169,7 @@ fn uniform_logits_give_minus_n_ln_v() {
             .with_shift(false)
             .init()
             .unwrap()
-            .forward(logits, labels)
+            .forward(logits, labels, None)
             .unwrap()
             .logps;
         assert_close(name, "5 tokens", &to_vec(logp), &[-51.867456], 1e-6, 0.0);
@@ -181,12 +189,10 @@ fn adding_a_constant_to_one_position_changes_nothing() {
     let labels: Vec<i64> = (0..b * t).map(|i| (i * 3 % v) as i64).collect();
     for (name, device) in devices() {
         let logp = |logits: Vec<f32>| {
-            let out = sequence_logps(
+            let out = summed_logps(
                 floats(logits, [b, t, v], &device),
                 ints(labels.clone(), [b, t], &device),
-                LogpReduction::Sum,
-            )
-            .unwrap();
+            );
             to_vec(out)
         };
         let expected: Vec<f64> = logp(base.clone()).into_iter().map(f64::from).collect();
@@ -219,7 +225,7 @@ fn gradient_is_onehot_minus_softmax_and_zero_when_ignored() {
         let out = SequenceLogpsConfig::new()
             .init()
             .unwrap()
-            .forward(x.clone(), ints(labels.clone(), [b, t], &device))
+            .forward(x.clone(), ints(labels.clone(), [b, t], &device), None)
             .unwrap();
         let grads = out.logps.sum().backward();
         let grad = to_vec(x.grad(&grads).unwrap());
@@ -259,7 +265,7 @@ fn gradient_agrees_with_central_finite_differences() {
     for (name, device) in autodiff_devices() {
         let x = floats(logits.clone(), [b, t, v], &device).require_grad();
         let loss = gatherer
-            .forward(x.clone(), ints(labels.clone(), [b, t], &device))
+            .forward(x.clone(), ints(labels.clone(), [b, t], &device), None)
             .unwrap()
             .logps
             .sum();
@@ -269,6 +275,7 @@ fn gradient_agrees_with_central_finite_differences() {
                 .forward(
                     floats(values, [b, t, v], &device),
                     ints(labels.clone(), [b, t], &device),
+                    None,
                 )
                 .unwrap();
             f64::from(out.logps.sum().into_scalar::<f32>())
@@ -310,7 +317,7 @@ fn all_ignored_row_is_zero_and_extreme_logits_stay_finite() {
         for (name, device) in autodiff_devices() {
             let x = floats(logits.clone(), [b, t, v], &device).require_grad();
             let out = gatherer
-                .forward(x.clone(), ints(labels.clone(), [b, t], &device))
+                .forward(x.clone(), ints(labels.clone(), [b, t], &device), None)
                 .unwrap();
             let counts = to_vec(out.counts);
             assert_eq!(counts, vec![3.0, 0.0], "[{name}] counts");
@@ -355,8 +362,7 @@ fn half_precision_logits_are_reduced_in_f32() {
             shift: true,
             reduction: LogpReduction::Sum,
         };
-        let out =
-            sequence_logps(logits, ints(labels, [b, t], &device), LogpReduction::Sum).unwrap();
+        let out = summed_logps(logits, ints(labels, [b, t], &device));
         assert_eq!(out.dtype(), DType::F32, "[{name}] output dtype");
         assert_close(
             name,
@@ -369,9 +375,7 @@ fn half_precision_logits_are_reduced_in_f32() {
     }
 }
 
-fn error_of(
-    result: burn_preference::Result<burn_preference::SequenceLogpsOutput>,
-) -> PreferenceError {
+fn error_of(result: burn_preference::Result<SequenceLogpsOutput>) -> PreferenceError {
     result.expect_err("bad input must be an error")
 }
 
@@ -382,8 +386,11 @@ fn bad_inputs_get_typed_errors() {
         let logits = Tensor::<3>::zeros([2, 4, 5], &device);
         let labels = Tensor::<2, Int>::zeros([2, 4], &device);
 
-        let err =
-            error_of(gatherer.forward(logits.clone(), Tensor::<2, Int>::zeros([3, 4], &device)));
+        let err = error_of(gatherer.forward(
+            logits.clone(),
+            Tensor::<2, Int>::zeros([3, 4], &device),
+            None,
+        ));
         assert!(
             matches!(
                 err,
@@ -396,8 +403,11 @@ fn bad_inputs_get_typed_errors() {
             ),
             "[{name}] {err}"
         );
-        let err =
-            error_of(gatherer.forward(logits.clone(), Tensor::<2, Int>::zeros([2, 3], &device)));
+        let err = error_of(gatherer.forward(
+            logits.clone(),
+            Tensor::<2, Int>::zeros([2, 3], &device),
+            None,
+        ));
         assert!(
             matches!(err, PreferenceError::Shape { arg: "labels", .. }),
             "[{name}] {err}"
@@ -408,27 +418,27 @@ fn bad_inputs_get_typed_errors() {
         );
 
         let mask = Tensor::<2, Int>::zeros([1, 4], &device);
-        let err = error_of(gatherer.forward_masked(logits.clone(), labels.clone(), mask));
+        let err = error_of(gatherer.forward(logits.clone(), labels.clone(), Some(mask)));
         assert!(
             matches!(err, PreferenceError::BatchMismatch { arg: "mask", .. }),
             "[{name}] {err}"
         );
         let mask = ints(vec![1, 1, 0, 2, 1, 1, 1, 1], [2, 4], &device);
-        let err = error_of(gatherer.forward_masked(logits.clone(), labels.clone(), mask));
+        let err = error_of(gatherer.forward(logits.clone(), labels.clone(), Some(mask)));
         assert!(
             matches!(&err, PreferenceError::InvalidValue { arg: "mask", found, .. } if found == "2"),
             "[{name}] {err}"
         );
 
         let short = Tensor::<3>::zeros([2, 1, 5], &device);
-        let err = error_of(gatherer.forward(short, Tensor::<2, Int>::zeros([2, 1], &device)));
+        let err = error_of(gatherer.forward(short, Tensor::<2, Int>::zeros([2, 1], &device), None));
         assert!(
             matches!(err, PreferenceError::Shape { arg: "logits", .. }),
             "[{name}] {err}"
         );
 
         let empty = Tensor::<3>::zeros([0, 4, 5], &device);
-        let err = error_of(gatherer.forward(empty, Tensor::<2, Int>::zeros([0, 4], &device)));
+        let err = error_of(gatherer.forward(empty, Tensor::<2, Int>::zeros([0, 4], &device), None));
         assert!(
             matches!(err, PreferenceError::Empty { arg: "logits", .. }),
             "[{name}] {err}"
@@ -437,13 +447,13 @@ fn bad_inputs_get_typed_errors() {
         // The LM-head path: the weight must be [V, H] with the hidden states' H.
         let hidden = Tensor::<3>::zeros([2, 4, 3], &device);
         let weight = Tensor::<2>::zeros([5, 4], &device);
-        let err = error_of(gatherer.forward_linear(hidden.clone(), weight, labels.clone()));
+        let err = error_of(gatherer.forward_linear(hidden.clone(), weight, labels.clone(), None));
         assert!(
             matches!(err, PreferenceError::Shape { arg: "weight", .. }),
             "[{name}] {err}"
         );
         let weight = Tensor::<2>::zeros([5, 3], &device);
-        let err = error_of(gatherer.forward_linear(hidden, weight, labels.narrow(0, 0, 1)));
+        let err = error_of(gatherer.forward_linear(hidden, weight, labels.narrow(0, 0, 1), None));
         assert!(
             matches!(
                 err,
