@@ -56,11 +56,14 @@ mod cpu;
 mod cube;
 mod linear;
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use burn::backend::{
     Backend, Dispatch, DispatchDevice, backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, StreamId, Tensor};
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use cpu::{CpuKernelIsa, cpu_kernel_isa};
@@ -311,21 +314,26 @@ pub(crate) enum Path {
     CubeForward = 5,
 }
 
-thread_local! {
-    /// How often each implementation ran on this thread, for tests that must observe the path
-    /// they claim. Per thread, so that tests running in parallel in one process never see each
-    /// other's calls.
-    static COUNTERS: [std::cell::Cell<u64>; 6] = const { [const { std::cell::Cell::new(0) }; 6] };
-}
+/// How often each implementation ran, per burn stream ([`StreamId`]), for tests that must
+/// observe the path they claim. Per stream rather than process wide, so that tests running in
+/// parallel in one process never see each other's calls; per stream rather than per thread,
+/// because burn's fusion runs a stream's queued operations on a worker thread, under the
+/// stream's id.
+static COUNTERS: Mutex<BTreeMap<u64, [u64; 6]>> = Mutex::new(BTreeMap::new());
 
 pub(crate) fn count(path: Path) {
-    COUNTERS.with(|c| c[path as usize].set(c[path as usize].get() + 1));
+    let stream = StreamId::current().value;
+    // A poisoned lock only means a test panicked while counting: the counts are still whole.
+    let mut counters = COUNTERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    counters.entry(stream).or_default()[path as usize] += 1;
 }
 
-/// Calls of each implementation of the fused log-prob op made on the calling thread. The op
-/// counts on the thread that runs it: the caller's (under burn's fusion, the thread whose read
-/// runs the queued operations; in a backward pass, the thread calling `backward`). A probe for
-/// tests that must observe which path ran; not a stable API.
+/// Calls of each implementation of the fused log-prob op made on the calling thread's burn
+/// stream ([`StreamId::current`]: one per thread by default). Under burn's fusion the op runs
+/// on a worker thread under the id of the stream that queued it, so the calls still count
+/// here. A probe for tests that must observe which path ran; not a stable API.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FusedPathCounters {
@@ -349,7 +357,12 @@ pub struct FusedPathCounters {
 /// The current [`FusedPathCounters`].
 #[doc(hidden)]
 pub fn fused_path_counters() -> FusedPathCounters {
-    COUNTERS.with(|c| FusedPathCounters::from_fn(|path| c[path as usize].get()))
+    let stream = StreamId::current().value;
+    let counters = COUNTERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let counts = counters.get(&stream).copied().unwrap_or_default();
+    FusedPathCounters::from_fn(|path| counts[path as usize])
 }
 
 impl FusedPathCounters {
@@ -371,7 +384,7 @@ mod tests {
 
     /// What made the CubeCL unit test flaky: another test of the same binary, running the CPU
     /// kernels in parallel, bumped process-wide counts between its two reads. Each thread's
-    /// counts see only its own calls.
+    /// stream sees only its own calls.
     #[test]
     fn another_threads_calls_leave_this_threads_counts_alone() {
         let mine = fused_path_counters();

@@ -1,10 +1,17 @@
 //! Shared test harness: the list of devices every test runs on, and small tensor helpers.
 //!
-//! Tests are written once over `devices()`; the device is a parameter, not a copy.
+//! Tests are written once over `devices()`; the device is a parameter, not a copy. Helpers
+//! that several test files need live in the submodules: deterministic inputs ([`inputs`]),
+//! `f64` references ([`reference`]), the fused op's path counters ([`paths`]), the gatherer
+//! options shared by the log-prob tests ([`gatherer`]) and gatherer outputs for the loss tests
+//! ([`gathered`]), the TRL fixtures ([`trl_fixture`]) and the bad-input matrix ([`cases`]).
 #![allow(dead_code)]
 
 pub mod cases;
 pub mod gathered;
+pub mod gatherer;
+pub mod inputs;
+pub mod paths;
 pub mod reference;
 pub mod trl_fixture;
 

@@ -1,4 +1,4 @@
-//! f64 references shared by the loss tests: one copy of each scalar function.
+//! `f64` references shared by the tests: one copy of each scalar function.
 
 /// `log(1 + eˣ)`, stable for large `|x|`.
 pub fn softplus(x: f64) -> f64 {

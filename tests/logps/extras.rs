@@ -4,45 +4,20 @@
 //! differences, and against TRL 1.16's own `ChunkedLogProbFunction` outputs
 //! (tests/fixtures/trl_logprob.json, written by TRL itself).
 
-mod common;
+use burn::tensor::Tensor;
+use burn_preference::logps::{HeadLayout, LmHead, SequenceLogpsConfig, SequenceLogpsOutput};
 
-use burn::tensor::{Device, Tensor};
-use burn_preference::logps::{HeadLayout, LmHead};
-use burn_preference::{SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput};
-use common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
+use crate::common::gatherer::{Options, gatherer, objective};
+use crate::common::inputs::values;
+use crate::common::reference::as_f64;
+use crate::common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
 
 const REL: f64 = 1e-5;
-
-fn as_f64(values: &[f32]) -> Vec<f64> {
-    values.iter().map(|&x| f64::from(x)).collect()
-}
-
-/// Deterministic pseudo-normal values.
-fn values(n: usize, scale: f32, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005) | 1;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (state >> 33) as f64 / f64::from(1u32 << 31)
-    };
-    (0..n)
-        .map(|_| (next() + next() + next() - 1.5) as f32 * 2.0 * scale)
-        .collect()
-}
 
 fn labels_for(b: usize, t: usize, v: usize) -> Vec<i64> {
     (0..b * t)
         .map(|i| if i % 4 == 1 { -100 } else { (i * 7 % v) as i64 })
         .collect()
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Options {
-    temperature: f64,
-    scale: f64,
-    softcap: Option<f64>,
-    shift: bool,
 }
 
 const OPTIONS: &[Options] = &[
@@ -72,22 +47,6 @@ const OPTIONS: &[Options] = &[
     },
 ];
 
-fn gatherer(o: Options, extras: bool) -> SequenceLogps {
-    SequenceLogpsConfig::new()
-        .with_shift(o.shift)
-        .with_temperature(o.temperature)
-        .with_logit_scale(o.scale)
-        .with_final_logit_softcapping(o.softcap)
-        .with_return_token_logps(true)
-        .with_return_entropy(extras)
-        .with_return_log_sum_sq_probs(extras)
-        .with_return_mean_logits(extras)
-        .with_return_is_top1(extras)
-        .with_chunk_rows(3)
-        .init()
-        .expect("valid config")
-}
-
 /// Every per-token output as floats, in a fixed order.
 fn outputs(out: &SequenceLogpsOutput) -> Vec<(&'static str, Vec<f32>)> {
     let mut all = vec![("logps", to_vec(out.logps.clone()))];
@@ -104,22 +63,6 @@ fn outputs(out: &SequenceLogpsOutput) -> Vec<(&'static str, Vec<f32>)> {
         all.push(("is_top1", to_vec(t.clone().float())));
     }
     all
-}
-
-/// The objective whose gradient is compared: weighted log-probs plus weighted entropy, so that
-/// both differentiable outputs carry a gradient.
-fn objective(out: &SequenceLogpsOutput, device: &Device) -> Tensor<1> {
-    let [b] = out.logps.dims();
-    let weights: Vec<f32> = (0..b).map(|i| 1.5 - i as f32 * 0.7).collect();
-    let logps = (out.logps.clone() * floats(weights, [b], device)).sum();
-    match &out.entropy {
-        Some(h) => {
-            let [_, t] = h.dims();
-            let w: Vec<f32> = (0..b * t).map(|i| 0.3 + (i % 5) as f32 * 0.2).collect();
-            logps + (h.clone() * floats(w, [b, t], device)).sum()
-        }
-        None => logps,
-    }
 }
 
 fn compare_outputs(
@@ -158,7 +101,7 @@ fn extras_and_transforms_match_the_oracle_on_the_logits_path() {
                         };
                         let labels = ints(labels_for(b, t, v), [b, t], &device);
                         let out = if fused {
-                            g.forward(logits.clone(), labels)
+                            g.forward(logits.clone(), labels, None)
                         } else {
                             g.forward_unfused(logits.clone(), labels, None)
                         }
@@ -228,7 +171,7 @@ fn extras_and_options_match_the_materialised_logits_on_the_lm_head_path() {
                         if bias {
                             head = head.with_bias(bias_t.clone());
                         }
-                        g.forward_linear(hidden.clone(), head, labels)
+                        g.forward_linear(hidden.clone(), head, labels, None)
                     } else {
                         // The logits written out with tensor ops.
                         let head = match layout {
@@ -284,7 +227,7 @@ fn entropy_gradient_agrees_with_central_finite_differences() {
         for (name, device) in autodiff_devices() {
             let x = floats(logit_values.clone(), [b, t, v], &device).require_grad();
             let out = g
-                .forward(x.clone(), ints(labels.clone(), [b, t], &device))
+                .forward(x.clone(), ints(labels.clone(), [b, t], &device), None)
                 .expect("valid");
             let entropy = out.entropy.expect("requested").sum();
             let grad = to_vec(x.grad(&entropy.backward()).expect("a gradient"));
@@ -293,6 +236,7 @@ fn entropy_gradient_agrees_with_central_finite_differences() {
                     .forward(
                         floats(values, [b, t, v], &device),
                         ints(labels.clone(), [b, t], &device),
+                        None,
                     )
                     .expect("valid");
                 f64::from(out.entropy.expect("requested").sum().into_scalar::<f32>())
@@ -325,7 +269,7 @@ struct TrlCase {
 }
 
 fn trl_cases() -> Vec<TrlCase> {
-    let text = include_str!("fixtures/trl_logprob.json");
+    let text = include_str!("../fixtures/trl_logprob.json");
     let root: serde_json::Value = serde_json::from_str(text).expect("fixture JSON");
     let cases = root["cases"].as_array().expect("cases").clone();
     cases
@@ -403,7 +347,7 @@ fn matches_trl_chunked_logprob_function() {
                     if let Some(b) = &bias_t {
                         head = head.with_bias(b.clone());
                     }
-                    gatherer.forward_linear(hidden_t.clone(), head, labels)
+                    gatherer.forward_linear(hidden_t.clone(), head, labels, None)
                 } else {
                     let mut logits = hidden_t
                         .clone()
@@ -411,7 +355,7 @@ fn matches_trl_chunked_logprob_function() {
                     if let Some(b) = &bias_t {
                         logits = logits + b.clone().unsqueeze_dims(&[0, 1]);
                     }
-                    gatherer.forward(logits, labels)
+                    gatherer.forward(logits, labels, None)
                 }
                 .expect("valid inputs");
                 let pairs = [
@@ -473,7 +417,7 @@ fn extras_are_zero_and_false_at_invalid_positions() {
         let logits = floats(values(b * t * v, 1.0, 9), [b, t, v], &device);
         let labels = ints(vec![0, 1, -100, 3, -100, -100, -100, -100], [b, t], &device);
         let out = gatherer(OPTIONS[2], true)
-            .forward(logits, labels)
+            .forward(logits, labels, None)
             .expect("valid");
         let valid = to_vec(out.valid.clone().float());
         assert_eq!(valid, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0], "[{name}] valid");

@@ -2,44 +2,18 @@
 //! path kept as the oracle (`forward_unfused`): values and gradients to 1e-5 relative, on every
 //! device, with ignored and out-of-range labels, masks, both shifts and extreme logits.
 
-mod common;
-
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use std::sync::{Mutex, MutexGuard};
-
-use burn_preference::{
-    FusedPathCounters, LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput,
-    fused_path_counters,
+use burn_preference::diagnostics::FusedPathCounters;
+use burn_preference::logps::{
+    LogpReduction, SequenceLogps, SequenceLogpsConfig, SequenceLogpsOutput,
 };
-use common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
+
+use crate::common::inputs::Lcg;
+use crate::common::paths::counted;
+use crate::common::reference::as_f64;
+use crate::common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
 
 const REL: f64 = 1e-5;
-
-/// The tests of this file run one at a time, so that the process-wide path counters
-/// (`fused_path_counters`) change only by what the test reading them did.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Counter increments while `f` runs. The device is synchronised before and after: under burn's
-/// `fusion` the kernels run (and count) when the stream executes, not when called.
-fn counted<R>(device: &Device, f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
-    device.sync().expect("device sync");
-    let before = fused_path_counters();
-    let out = f();
-    device.sync().expect("device sync");
-    let after = fused_path_counters();
-    let delta = FusedPathCounters {
-        kernel_forward: after.kernel_forward - before.kernel_forward,
-        composed_forward: after.composed_forward - before.composed_forward,
-        in_place_backward: after.in_place_backward - before.in_place_backward,
-        copying_backward: after.copying_backward - before.copying_backward,
-        composed_backward: after.composed_backward - before.composed_backward,
-        cube_forward: after.cube_forward - before.cube_forward,
-    };
-    (out, delta)
-}
 
 /// `(forward passes by the device's own kernels, by the composed fallback)`: the CPU slice
 /// kernels on flex and ndarray, the CubeCL kernels on wgpu and CUDA; each device must take its
@@ -65,21 +39,12 @@ struct Inputs {
 impl Inputs {
     fn new(dims: [usize; 3], scale: f32, seed: u64) -> Self {
         let [b, t, v] = dims;
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005) | 1;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as f64 / f64::from(1u32 << 31)
-        };
-        // A sum of uniforms: cheap, roughly normal, and all tail values still finite.
-        let logits = (0..b * t * v)
-            .map(|_| (next() + next() + next() - 1.5) as f32 * 2.0 * scale)
-            .collect();
+        let mut rng = Lcg::new(seed);
+        let logits = (0..b * t * v).map(|_| rng.next_normalish(scale)).collect();
         let mut labels: Vec<i64> = (0..b * t)
             .map(|i| match i % 5 {
                 3 => -100,
-                _ => (next() * v as f64) as i64,
+                _ => (rng.next_uniform() * v as f64) as i64,
             })
             .collect();
         if b * t > 1 {
@@ -99,7 +64,7 @@ impl Inputs {
 
 fn gatherer(shift: bool, reduction: LogpReduction) -> SequenceLogps {
     SequenceLogpsConfig::new()
-        .with_strict_labels(false) // the inputs hold an out-of-range label on purpose
+        .with_value_checks(false) // the inputs hold an out-of-range label on purpose
         .with_shift(shift)
         .with_reduction(reduction)
         .with_return_token_logps(true)
@@ -125,10 +90,10 @@ fn run(
     };
     let labels = ints(inputs.labels.clone(), [b, t], device);
     let mask = masked.then(|| ints(inputs.mask.clone(), [b, t], device));
-    let out = match (fused, mask) {
-        (true, Some(mask)) => gatherer.forward_masked(logits.clone(), labels, mask),
-        (true, None) => gatherer.forward(logits.clone(), labels),
-        (false, mask) => gatherer.forward_unfused(logits.clone(), labels, mask),
+    let out = if fused {
+        gatherer.forward(logits.clone(), labels, mask)
+    } else {
+        gatherer.forward_unfused(logits.clone(), labels, mask)
     }
     .expect("valid inputs");
     if !device.is_autodiff() {
@@ -139,10 +104,6 @@ fn run(
     let grads = weighted.sum().backward();
     let grad = logits.grad(&grads).map(to_vec);
     (out, grad)
-}
-
-fn as_f64(values: &[f32]) -> Vec<f64> {
-    values.iter().map(|&x| f64::from(x)).collect()
 }
 
 fn compare(name: &str, dims: [usize; 3], scale: f32, device: &Device) {
@@ -211,7 +172,6 @@ const SHAPES: &[([usize; 3], f32)] = &[
 
 #[test]
 fn values_match_the_oracle_on_every_device() {
-    let _serial = serial();
     for (name, device) in devices() {
         for &(dims, scale) in SHAPES {
             compare(name, dims, scale, &device);
@@ -221,7 +181,6 @@ fn values_match_the_oracle_on_every_device() {
 
 #[test]
 fn values_and_gradients_match_the_oracle_on_every_autodiff_device() {
-    let _serial = serial();
     for (name, device) in autodiff_devices() {
         for &(dims, scale) in SHAPES {
             compare(name, dims, scale, &device);
@@ -231,7 +190,6 @@ fn values_and_gradients_match_the_oracle_on_every_autodiff_device() {
 
 #[test]
 fn extreme_logits_match_the_oracle() {
-    let _serial = serial();
     // ±1e4: an f32 log-sum-exp rounded to ~1e-3 would show up in the gradient.
     for (name, device) in autodiff_devices() {
         compare(name, [2, 4, 40], 1e4 / 6.0, &device);
@@ -285,7 +243,6 @@ fn extreme_logits_match_the_oracle() {
 
 #[test]
 fn non_contiguous_logits_are_handled() {
-    let _serial = serial();
     // A transposed view: the CPU kernels copy it once instead of reading it in place.
     for (name, device) in autodiff_devices() {
         let logits =
@@ -295,7 +252,9 @@ fn non_contiguous_logits_are_handled() {
             &device,
         );
         let g = gatherer(true, LogpReduction::Sum);
-        let fused = g.forward(logits.clone(), labels.clone()).expect("valid");
+        let fused = g
+            .forward(logits.clone(), labels.clone(), None)
+            .expect("valid");
         let oracle = g.forward_unfused(logits, labels, None).expect("valid");
         assert_close(
             name,
@@ -331,7 +290,7 @@ fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize,
         let what =
             format!("linear {dims:?} H {width} chunk {chunk_rows} shift {shift} mask {masked}");
         let g = SequenceLogpsConfig::new()
-            .with_strict_labels(false) // the inputs hold an out-of-range label on purpose
+            .with_value_checks(false) // the inputs hold an out-of-range label on purpose
             .with_shift(shift)
             .with_chunk_rows(chunk_rows)
             .init()
@@ -347,12 +306,7 @@ fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize,
             let labels = ints(labels.clone(), [b, t], device);
             let mask = masked.then(|| ints(rows.mask.clone(), [b, t], device));
             let out = if fused {
-                match mask {
-                    Some(mask) => {
-                        g.forward_linear_masked(hidden.clone(), weight.clone(), labels, mask)
-                    }
-                    None => g.forward_linear(hidden.clone(), weight.clone(), labels),
-                }
+                g.forward_linear(hidden.clone(), weight.clone(), labels, mask)
             } else {
                 let logits = hidden
                     .clone()
@@ -405,7 +359,6 @@ fn compare_linear(name: &str, dims: [usize; 3], width: usize, chunk_rows: usize,
 
 #[test]
 fn fused_lm_head_matches_the_materialised_logits() {
-    let _serial = serial();
     let devices = devices().into_iter().chain(autodiff_devices());
     for (name, device) in devices {
         // One row per chunk, chunks that do not divide B·T, one chunk for everything, and a
@@ -421,7 +374,6 @@ fn fused_lm_head_matches_the_materialised_logits() {
 
 #[test]
 fn fused_lm_head_trains_only_what_requires_a_gradient() {
-    let _serial = serial();
     // A frozen LM head (or frozen hidden states) gets no gradient; the other one is unchanged.
     for (name, device) in autodiff_devices() {
         let (b, t, h, v) = (2, 4, 5, 11);
@@ -430,13 +382,13 @@ fn fused_lm_head_trains_only_what_requires_a_gradient() {
         let weight = floats(Inputs::new([1, v, h], 1.0, 9).logits, [v, h], &device);
         let labels = ints(rows.labels, [b, t], &device);
         let g = SequenceLogpsConfig::new()
-            .with_strict_labels(false) // the inputs hold an out-of-range label on purpose
+            .with_value_checks(false) // the inputs hold an out-of-range label on purpose
             .with_chunk_rows(3)
             .init()
             .expect("valid");
         let both = (hidden.clone().require_grad(), weight.clone().require_grad());
         let grads = g
-            .forward_linear(both.0.clone(), both.1.clone(), labels.clone())
+            .forward_linear(both.0.clone(), both.1.clone(), labels.clone(), None)
             .expect("valid")
             .logps
             .sum()
@@ -446,7 +398,7 @@ fn fused_lm_head_trains_only_what_requires_a_gradient() {
 
         let frozen_head = hidden.clone().require_grad();
         let grads = g
-            .forward_linear(frozen_head.clone(), weight.clone(), labels.clone())
+            .forward_linear(frozen_head.clone(), weight.clone(), labels.clone(), None)
             .expect("valid")
             .logps
             .sum()
@@ -467,7 +419,7 @@ fn fused_lm_head_trains_only_what_requires_a_gradient() {
 
         let trained_head = weight.require_grad();
         let grads = g
-            .forward_linear(hidden.clone(), trained_head.clone(), labels)
+            .forward_linear(hidden.clone(), trained_head.clone(), labels, None)
             .expect("valid")
             .logps
             .sum()
@@ -490,7 +442,6 @@ fn fused_lm_head_trains_only_what_requires_a_gradient() {
 
 #[test]
 fn logits_held_by_nobody_else_get_the_same_gradient() {
-    let _serial = serial();
     // When the operation holds the logits alone (an LM head's output moved into `forward`),
     // the CPU kernels write the gradient over them instead of allocating; a leaf the caller
     // keeps (the other tests) takes the copying path. Both must match the oracle.
@@ -508,7 +459,7 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
                 leaf.clone().mul_scalar(1.5)
             };
             let out = if fused {
-                g.forward(logits, labels)
+                g.forward(logits, labels, None)
             } else {
                 g.forward_unfused(logits, labels, None)
             }
@@ -548,7 +499,6 @@ fn logits_held_by_nobody_else_get_the_same_gradient() {
 
 #[test]
 fn each_device_runs_its_kernels_on_the_logits_and_lm_head_paths() {
-    let _serial = serial();
     // What `compare` checks against the oracle is the device's kernel, not the composed fallback (which
     // the oracle's own tensor ops resemble); the LM head runs the kernel once per chunk.
     for (name, device) in devices() {
@@ -569,7 +519,9 @@ fn each_device_runs_its_kernels_on_the_logits_and_lm_head_paths() {
             .with_chunk_rows(3)
             .init()
             .expect("valid");
-        let (_, linear) = counted(&device, || chunked.forward_linear(hidden, weight, labels));
+        let (_, linear) = counted(&device, || {
+            chunked.forward_linear(hidden, weight, labels, None)
+        });
         assert_eq!(forwards(name, &fused), (1, 0), "[{name}] {fused:?}");
         // 8 rows in chunks of 3.
         assert_eq!(forwards(name, &linear), (3, 0), "[{name}] {linear:?}");
@@ -578,7 +530,6 @@ fn each_device_runs_its_kernels_on_the_logits_and_lm_head_paths() {
 
 #[test]
 fn lm_head_rows_without_a_label_are_skipped_only_when_asked() {
-    let _serial = serial();
     // 2 × 4 positions, 3 labelled (no shift): with the selection the products cover the 3
     // labelled rows (2 chunks of 2), without it all 8 rows (4 chunks) and nothing is read
     // back; the values are the same.
@@ -599,7 +550,7 @@ fn lm_head_rows_without_a_label_are_skipped_only_when_asked() {
                 .init()
                 .expect("valid");
             counted(&device, || {
-                g.forward_linear(hidden.clone(), weight.clone(), labels.clone())
+                g.forward_linear(hidden.clone(), weight.clone(), labels.clone(), None)
                     .expect("valid inputs")
             })
         };

@@ -19,45 +19,19 @@
 //! NdArray has no half storage (`supports_dtype` is false there, and it cannot hold such a
 //! tensor), so its half inputs are not run: a test asserts that it reports so.
 
-mod common;
-
-use std::sync::{Mutex, MutexGuard};
-
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData, bf16, f16};
-use burn_preference::logps::{HeadLayout, LmHead};
-use burn_preference::{
-    DpoConfig, FusedPathCounters, PreferenceBatch, PreferenceLoss, Segments, SequenceLogps,
-    SequenceLogpsConfig, SequenceLogpsOutput, fused_path_counters,
-};
-use common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
+use burn_preference::data::Segments;
+use burn_preference::diagnostics::FusedPathCounters;
+use burn_preference::logps::{HeadLayout, LmHead, SequenceLogpsConfig, SequenceLogpsOutput};
+use burn_preference::prelude::{DpoConfig, PairedBatch, PreferenceLoss};
+
+use crate::common::gatherer::{Options, gatherer, objective};
+use crate::common::inputs::values;
+use crate::common::paths::counted;
+use crate::common::reference::as_f64;
+use crate::common::{assert_close, autodiff_devices, devices, floats, ints, to_vec};
 
 const REL: f64 = 1e-5;
-
-/// The tests of this file run one at a time, so that the process-wide path counters change
-/// only by what the test reading them did.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Counter increments while `f` runs, the device synchronised before and after (under burn's
-/// `fusion` the GPU kernels run, and count, when the stream executes).
-fn counted<R>(device: &Device, f: impl FnOnce() -> R) -> (R, FusedPathCounters) {
-    device.sync().expect("device sync");
-    let before = fused_path_counters();
-    let out = f();
-    device.sync().expect("device sync");
-    let after = fused_path_counters();
-    let delta = FusedPathCounters {
-        kernel_forward: after.kernel_forward - before.kernel_forward,
-        composed_forward: after.composed_forward - before.composed_forward,
-        in_place_backward: after.in_place_backward - before.in_place_backward,
-        copying_backward: after.copying_backward - before.copying_backward,
-        composed_backward: after.composed_backward - before.composed_backward,
-        cube_forward: after.cube_forward - before.cube_forward,
-    };
-    (out, delta)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Half {
@@ -135,20 +109,6 @@ fn stores(name: &str, device: &Device, half: Half) -> bool {
     yes
 }
 
-/// Deterministic pseudo-normal values.
-fn values(n: usize, scale: f32, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005) | 1;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (state >> 33) as f64 / f64::from(1u32 << 31)
-    };
-    (0..n)
-        .map(|_| (next() + next() + next() - 1.5) as f32 * 2.0 * scale)
-        .collect()
-}
-
 /// Labels for `[B, T]` rows of `logits` (`[B, T, V]`): every fourth ignored, every third the
 /// row's argmax (so that `is_top1` is 1 somewhere, ties with earlier equal values included),
 /// the rest spread over the vocabulary.
@@ -166,14 +126,6 @@ fn labels_for(logits: &[f32], [b, t, v]: [usize; 3]) -> Vec<i64> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Options {
-    temperature: f64,
-    scale: f64,
-    softcap: Option<f64>,
-    shift: bool,
-}
-
 const OPTIONS: &[Options] = &[
     Options {
         temperature: 1.0,
@@ -188,22 +140,6 @@ const OPTIONS: &[Options] = &[
         shift: false,
     },
 ];
-
-fn gatherer(o: Options) -> SequenceLogps {
-    SequenceLogpsConfig::new()
-        .with_shift(o.shift)
-        .with_temperature(o.temperature)
-        .with_logit_scale(o.scale)
-        .with_final_logit_softcapping(o.softcap)
-        .with_return_token_logps(true)
-        .with_return_entropy(true)
-        .with_return_log_sum_sq_probs(true)
-        .with_return_mean_logits(true)
-        .with_return_is_top1(true)
-        .with_chunk_rows(3)
-        .init()
-        .expect("valid config")
-}
 
 /// Every output as floats, in a fixed order, each checked to be `f32`.
 fn outputs(name: &str, out: &SequenceLogpsOutput) -> Vec<(&'static str, Vec<f32>)> {
@@ -245,21 +181,6 @@ fn compare_outputs(name: &str, what: &str, got: &SequenceLogpsOutput, want: &Seq
     }
     let valid = |o: &SequenceLogpsOutput| to_vec(o.valid.clone().float());
     assert_eq!(valid(got), valid(want), "[{name}] valid {what}");
-}
-
-fn as_f64(values: &[f32]) -> Vec<f64> {
-    values.iter().map(|&x| f64::from(x)).collect()
-}
-
-/// Weighted log-probs plus weighted entropy: both differentiable outputs carry a gradient.
-fn objective(out: &SequenceLogpsOutput, device: &Device) -> Tensor<1> {
-    let [b] = out.logps.dims();
-    let weights: Vec<f32> = (0..b).map(|i| 1.5 - i as f32 * 0.7).collect();
-    let logps = (out.logps.clone() * floats(weights, [b], device)).sum();
-    let h = out.entropy.clone().expect("entropy requested");
-    let [_, t] = h.dims();
-    let w: Vec<f32> = (0..b * t).map(|i| 0.3 + (i % 5) as f32 * 0.2).collect();
-    logps + (h * floats(w, [b, t], device)).sum()
 }
 
 /// A gradient of dtype `half` against the `f32` reference: one rounding to `half` (half an
@@ -331,7 +252,6 @@ fn ndarray_has_no_half_storage() {
 
 #[test]
 fn half_logits_match_f32_on_the_same_values() {
-    let _serial = serial();
     // V > 2048: several blocks of the online log-sum-exp, and a tail that is not a multiple of
     // the vector width.
     let dims @ [b, t, v] = [2, 5, 2100];
@@ -345,13 +265,15 @@ fn half_logits_match_f32_on_the_same_values() {
                 let (logits, widened) = half.tensor(&raw, dims, &device);
                 let labels = labels_for(&widened, dims);
                 let labels = ints(labels, [b, t], &device);
-                let g = gatherer(o);
+                let g = gatherer(o, true);
                 let what = format!("{half:?} {o:?}");
 
                 // The test keeps `logits`: the backward cannot overwrite them.
                 let logits = logits.require_grad();
                 let ((out, grads), paths) = counted(&device, || {
-                    let out = g.forward(logits.clone(), labels.clone()).expect("valid");
+                    let out = g
+                        .forward(logits.clone(), labels.clone(), None)
+                        .expect("valid");
                     let grads = objective(&out, &device).backward();
                     (out, grads)
                 });
@@ -377,7 +299,6 @@ fn half_logits_match_f32_on_the_same_values() {
 
 #[test]
 fn half_logits_nobody_else_holds_get_the_gradient_in_place() {
-    let _serial = serial();
     let dims @ [b, t, v] = [3, 4, 2500];
     for (name, device) in autodiff_devices() {
         for half in HALVES {
@@ -387,12 +308,12 @@ fn half_logits_nobody_else_holds_get_the_gradient_in_place() {
             let raw = values(b * t * v, 3.0, 5);
             let (leaf, widened) = half.tensor(&raw, dims, &device);
             let labels = ints(labels_for(&widened, dims), [b, t], &device);
-            let g = gatherer(OPTIONS[1]);
+            let g = gatherer(OPTIONS[1], true);
             let leaf = leaf.require_grad();
             // `× 1` is exact in every dtype; its output is moved into `forward`.
             let (grads, paths) = counted(&device, || {
                 let logits = leaf.clone().mul_scalar(1.0);
-                let out = g.forward(logits, labels.clone()).expect("valid");
+                let out = g.forward(logits, labels.clone(), None).expect("valid");
                 objective(&out, &device).backward()
             });
             let got = half_grad(name, half, &leaf, &grads);
@@ -413,7 +334,6 @@ fn half_logits_nobody_else_holds_get_the_gradient_in_place() {
 
 #[test]
 fn half_logits_without_autodiff_and_packed() {
-    let _serial = serial();
     let dims @ [b, t, v] = [2, 8, 300];
     for (name, device) in devices() {
         for half in HALVES {
@@ -423,10 +343,12 @@ fn half_logits_without_autodiff_and_packed() {
             let raw = values(b * t * v, 2.0, 23);
             let (logits, widened) = half.tensor(&raw, dims, &device);
             let labels = labels_for(&widened, dims);
-            let g = gatherer(OPTIONS[0]);
+            let g = gatherer(OPTIONS[0], true);
             let reference = floats(widened, dims, &device);
             let labels_t = ints(labels.clone(), [b, t], &device);
-            let (out, paths) = counted(&device, || g.forward(logits.clone(), labels_t.clone()));
+            let (out, paths) = counted(&device, || {
+                g.forward(logits.clone(), labels_t.clone(), None)
+            });
             let want = g
                 .forward_unfused(reference.clone(), labels_t, None)
                 .expect("valid");
@@ -460,7 +382,6 @@ fn half_logits_without_autodiff_and_packed() {
 
 #[test]
 fn dpo_on_half_logits_trains_the_half_logits() {
-    let _serial = serial();
     // Downstream of `SequenceLogpsOutput` everything is f32: the loss of half logits equals
     // the loss of their widened values, and the gradient reaches the logits in their dtype.
     let dims @ [b, t, v] = [4, 6, 257];
@@ -472,17 +393,19 @@ fn dpo_on_half_logits_trains_the_half_logits() {
             let raw = values(b * t * v, 1.5, 31);
             let (logits, widened) = half.tensor(&raw, dims, &device);
             let labels = ints(labels_for(&widened, dims), [b, t], &device);
+            // Four rows, chosen first: two pairs.
             let reference_logps = floats(vec![-30.0, -31.0, -29.5, -32.0], [b], &device);
+            let pairs = |rows: Tensor<1>| rows.reshape([2, b / 2]).transpose();
             let gatherer = SequenceLogpsConfig::new().init().expect("valid");
             let dpo = DpoConfig::new().with_beta(0.1).init().expect("valid");
             let loss_of = |logits: Tensor<3>| {
                 let policy = gatherer
-                    .forward(logits, labels.clone())
+                    .forward(logits, labels.clone(), None)
                     .expect("valid")
                     .logps;
                 assert_eq!(policy.dtype(), DType::F32, "[{name}] policy logps dtype");
-                let batch = PreferenceBatch::concatenated(policy)
-                    .and_then(|b| b.with_concatenated_reference(reference_logps.clone()))
+                let batch = PairedBatch::new(pairs(policy))
+                    .and_then(|b| b.with_reference(pairs(reference_logps.clone())))
                     .expect("valid batch");
                 dpo.forward(batch).expect("valid loss").loss
             };
@@ -522,7 +445,6 @@ fn assert_close_normwise(name: &str, what: &str, got: &[f32], want: &[f32], rel:
 
 #[test]
 fn half_lm_head_matches_f32_on_the_same_values() {
-    let _serial = serial();
     let ([b, t], width, vocab) = ([2, 7], 24, 2300);
     for (name, device) in autodiff_devices() {
         for half in HALVES {
@@ -550,7 +472,7 @@ fn half_lm_head_matches_f32_on_the_same_values() {
                     })
                     .collect();
                 let labels = ints(labels, [b, t], &device);
-                let g = gatherer(OPTIONS[(layout == HeadLayout::HiddenVocab) as usize]);
+                let g = gatherer(OPTIONS[(layout == HeadLayout::HiddenVocab) as usize], true);
 
                 let (hidden, weight, bias) = (
                     hidden.require_grad(),
@@ -560,7 +482,7 @@ fn half_lm_head_matches_f32_on_the_same_values() {
                 let head = LmHead::new(weight.clone(), layout).with_bias(bias.clone());
                 let ((out, grads), paths) = counted(&device, || {
                     let out = g
-                        .forward_linear(hidden.clone(), head, labels.clone())
+                        .forward_linear(hidden.clone(), head, labels.clone(), None)
                         .expect("valid");
                     let grads = objective(&out, &device).backward();
                     (out, grads)
@@ -574,7 +496,7 @@ fn half_lm_head_matches_f32_on_the_same_values() {
                 let bias_r = floats(bias_w, [vocab], &device).require_grad();
                 let head_r = LmHead::new(weight_r.clone(), layout).with_bias(bias_r.clone());
                 let want_out = g
-                    .forward_linear(hidden_r.clone(), head_r, labels.clone())
+                    .forward_linear(hidden_r.clone(), head_r, labels.clone(), None)
                     .expect("valid");
                 let grads_r = objective(&want_out, &device).backward();
 
@@ -640,7 +562,6 @@ fn half_lm_head_matches_f32_on_the_same_values() {
 
 #[test]
 fn mixed_lm_head_dtypes_are_widened() {
-    let _serial = serial();
     // f16 hidden states with an f32 head: no dtype clash in the products; the same results as
     // all-f32 on the same values.
     let ([b, t], width, vocab) = ([2, 4], 8, 50);
@@ -656,10 +577,10 @@ fn mixed_lm_head_dtypes_are_widened() {
             [b, t],
             &device,
         );
-        let g = gatherer(OPTIONS[0]);
+        let g = gatherer(OPTIONS[0], true);
         let hidden = hidden.require_grad();
         let out = g
-            .forward_linear(hidden.clone(), weight.clone(), labels.clone())
+            .forward_linear(hidden.clone(), weight.clone(), labels.clone(), None)
             .expect("valid");
         let got = half_grad(
             name,
@@ -669,7 +590,7 @@ fn mixed_lm_head_dtypes_are_widened() {
         );
         let hidden_r = floats(hidden_w, [b, t, width], &device).require_grad();
         let want_out = g
-            .forward_linear(hidden_r.clone(), weight, labels)
+            .forward_linear(hidden_r.clone(), weight, labels, None)
             .expect("valid");
         let want = f32_grad(&hidden_r, &objective(&want_out, &device).backward());
         compare_outputs(name, "mixed", &out, &want_out);

@@ -1,18 +1,18 @@
-//! Regression tests for the log-prob findings of the reliability review: each failed (panicked,
-//! gave NaN, or named the wrong thing) before its fix, on flex and wgpu.
-
-mod common;
+//! Regression tests for log-prob defects found in review: each failed (panicked, gave NaN, or
+//! named the wrong thing) before its fix, on flex and wgpu.
 
 use burn::tensor::{Device, Int, Tensor};
-use burn_preference::logps::{HeadLayout, LmHead};
-use burn_preference::{LogpReduction, PreferenceError, SequenceLogpsConfig, token_kl};
-use common::{autodiff_devices, devices, floats, ints, to_vec};
+use burn_preference::PreferenceError;
+use burn_preference::logps::{HeadLayout, LmHead, LogpReduction, SequenceLogpsConfig};
+use burn_preference::metrics::token_kl;
+
+use crate::common::{autodiff_devices, devices, floats, ints, to_vec};
 
 fn zeros3(dims: [usize; 3], device: &Device) -> Tensor<3> {
     Tensor::zeros(dims, device)
 }
 
-/// Finding 1: tensors on two devices were a panic inside burn; now a typed error naming both
+/// Tensors on two devices were a panic inside burn; now a typed error naming both
 /// arguments. The same device with and without autodiff stays fine.
 #[test]
 fn tensors_on_two_devices_are_a_device_mismatch() {
@@ -49,14 +49,14 @@ fn tensors_on_two_devices_are_a_device_mismatch() {
             };
             expect(
                 gatherer
-                    .forward(logits.clone(), labels_b.clone())
+                    .forward(logits.clone(), labels_b.clone(), None)
                     .map(|_| ()),
                 "labels",
                 "logits",
             );
             expect(
                 gatherer
-                    .forward_masked(logits.clone(), labels_a.clone(), mask_b.clone())
+                    .forward(logits.clone(), labels_a.clone(), Some(mask_b.clone()))
                     .map(|_| ()),
                 "mask",
                 "logits",
@@ -65,7 +65,7 @@ fn tensors_on_two_devices_are_a_device_mismatch() {
             let weight_b = Tensor::<2>::zeros([5, 4], b);
             expect(
                 gatherer
-                    .forward_linear(hidden.clone(), weight_b, labels_a.clone())
+                    .forward_linear(hidden.clone(), weight_b, labels_a.clone(), None)
                     .map(|_| ()),
                 "weight",
                 "hidden",
@@ -74,18 +74,18 @@ fn tensors_on_two_devices_are_a_device_mismatch() {
                 .with_bias(Tensor::zeros([5], b));
             expect(
                 gatherer
-                    .forward_linear(hidden.clone(), head, labels_a.clone())
+                    .forward_linear(hidden.clone(), head, labels_a.clone(), None)
                     .map(|_| ()),
                 "bias",
                 "hidden",
             );
             expect(
                 gatherer
-                    .forward_linear_masked(
+                    .forward_linear(
                         hidden,
                         Tensor::<2>::zeros([5, 4], a),
                         labels_a.clone(),
-                        mask_b,
+                        Some(mask_b),
                     )
                     .map(|_| ()),
                 "mask",
@@ -107,12 +107,12 @@ fn tensors_on_two_devices_are_a_device_mismatch() {
         // Autodiff on one side only is the same device.
         let logits = zeros3([2, 3, 5], &a.clone().autodiff()).require_grad();
         gatherer
-            .forward(logits, Tensor::<2, Int>::zeros([2, 3], a))
+            .forward(logits, Tensor::<2, Int>::zeros([2, 3], a), None)
             .expect("flex and flex+autodiff are one device");
     }
 }
 
-/// Finding 2: a huge `LengthPower(α)` passed `init`, then panicked in burn's `powf_scalar`.
+/// A huge `LengthPower(α)` passed `init`, then panicked in burn's `powf_scalar`.
 #[test]
 fn length_power_is_bounded_at_init() {
     for alpha in [1e19, 1e7, f64::INFINITY, f64::NAN, -1.0] {
@@ -132,7 +132,7 @@ fn length_power_is_bounded_at_init() {
     for (name, device) in devices() {
         let labels = ints(vec![0, 1, 2, 3], [1, 4], &device);
         let logps = to_vec(
-            g.forward(zeros3([1, 4, 5], &device), labels)
+            g.forward(zeros3([1, 4, 5], &device), labels, None)
                 .expect("valid")
                 .logps,
         );
@@ -141,7 +141,7 @@ fn length_power_is_bounded_at_init() {
     }
 }
 
-/// Finding 3: on wgpu, an `ignore_index` outside the `i32` range panicked in CubeCL.
+/// On wgpu, an `ignore_index` outside the `i32` range panicked in CubeCL.
 #[test]
 fn ignore_index_outside_i32_is_rejected_at_init() {
     for index in [i64::MAX, i64::from(i32::MAX) + 1, i64::from(i32::MIN) - 1] {
@@ -167,13 +167,13 @@ fn ignore_index_outside_i32_is_rejected_at_init() {
     for (name, device) in devices() {
         let labels = ints(vec![0, i64::from(i32::MIN), 2], [1, 3], &device);
         let out = g
-            .forward(zeros3([1, 3, 4], &device), labels)
+            .forward(zeros3([1, 3, 4], &device), labels, None)
             .expect("valid");
         assert_eq!(to_vec(out.counts), vec![1.0], "[{name}]");
     }
 }
 
-/// Finding 8: NaN or all −∞ logits at an ignored position gave NaN gradient rows on wgpu (the
+/// NaN or all −∞ logits at an ignored position gave NaN gradient rows on wgpu (the
 /// composed backward multiplied the softmax by −0); every backend now gives exactly 0 there.
 #[test]
 fn non_finite_logits_at_ignored_positions_get_exactly_zero_gradient() {
@@ -196,10 +196,10 @@ fn non_finite_logits_at_ignored_positions_get_exactly_zero_gradient() {
         for (name, device) in autodiff_devices() {
             let x = floats(values.clone(), [b, t, v], &device).require_grad();
             let out = g
-                .forward_masked(
+                .forward(
                     x.clone(),
                     ints(labels.clone(), [b, t], &device),
-                    ints(mask.clone(), [b, t], &device),
+                    Some(ints(mask.clone(), [b, t], &device)),
                 )
                 .expect("valid");
             let mut loss = out.logps.clone().sum();
@@ -221,7 +221,7 @@ fn non_finite_logits_at_ignored_positions_get_exactly_zero_gradient() {
     }
 }
 
-/// Finding 9: `forward_linear` with `T = 1` printed the vocabulary size where `H` belongs.
+/// `forward_linear` with `T = 1` printed the vocabulary size where `H` belongs.
 #[test]
 fn lm_head_shape_error_prints_the_hidden_states_shape() {
     let g = SequenceLogpsConfig::new().init().expect("valid");
@@ -229,7 +229,9 @@ fn lm_head_shape_error_prints_the_hidden_states_shape() {
         let hidden = zeros3([2, 1, 3], &device);
         let weight = Tensor::<2>::zeros([50, 3], &device);
         let labels = Tensor::<2, Int>::zeros([2, 1], &device);
-        let err = g.forward_linear(hidden, weight, labels).expect_err("T = 1");
+        let err = g
+            .forward_linear(hidden, weight, labels, None)
+            .expect_err("T = 1");
         match &err {
             PreferenceError::Shape {
                 arg: "hidden",
@@ -241,14 +243,14 @@ fn lm_head_shape_error_prints_the_hidden_states_shape() {
     }
 }
 
-/// Strict labels: a label ≥ V, or negative but not `ignore_index`, was silently not counted
-/// (a tokenizer/model vocabulary mismatch went unnoticed); now an error naming `labels`, the
-/// allowed range and the first bad value, unless `strict_labels` is off.
+/// Labels outside the vocabulary: a label ≥ V, or negative but not `ignore_index`, was silently
+/// not counted (a tokenizer/model vocabulary mismatch went unnoticed); now an error naming
+/// `labels`, the allowed range and the first bad value, unless `value_checks` is off.
 #[test]
 fn labels_outside_the_vocabulary_are_an_error_unless_lenient() {
     let strict = SequenceLogpsConfig::new().init().expect("valid");
     let lenient = SequenceLogpsConfig::new()
-        .with_strict_labels(false)
+        .with_value_checks(false)
         .init()
         .expect("valid");
     for (name, device) in devices() {
@@ -256,7 +258,7 @@ fn labels_outside_the_vocabulary_are_an_error_unless_lenient() {
         for (bad, at) in [(10i64, "[1, 2]"), (-5, "[1, 2]"), (32000, "[1, 2]")] {
             let labels = vec![-100, 1, 2, 3, -100, 4, bad, 5];
             let err = strict
-                .forward(logits(), ints(labels.clone(), [2, 4], &device))
+                .forward(logits(), ints(labels.clone(), [2, 4], &device), None)
                 .map(|_| ())
                 .expect_err("a label outside [0, V)");
             match &err {
@@ -280,6 +282,7 @@ fn labels_outside_the_vocabulary_are_an_error_unless_lenient() {
                     zeros3([2, 4, 3], &device),
                     Tensor::<2>::zeros([10, 3], &device),
                     ints(labels.clone(), [2, 4], &device),
+                    None,
                 )
                 .map(|_| ())
                 .expect_err("a label outside [0, V)");
@@ -288,7 +291,7 @@ fn labels_outside_the_vocabulary_are_an_error_unless_lenient() {
                 "[{name}] {err}"
             );
             let out = lenient
-                .forward(logits(), ints(labels, [2, 4], &device))
+                .forward(logits(), ints(labels, [2, 4], &device), None)
                 .expect("lenient");
             // Shifted: row 0 counts 1, 2, 3; row 1 counts 4 and 5, not the bad label.
             assert_eq!(
@@ -301,7 +304,7 @@ fn labels_outside_the_vocabulary_are_an_error_unless_lenient() {
         let labels = ints(vec![99, 1, 2, 3, -100, 4, 99, 5], [2, 4], &device);
         let mask = ints(vec![1, 1, 1, 1, 1, 1, 0, 1], [2, 4], &device);
         let out = strict
-            .forward_masked(logits(), labels, mask)
+            .forward(logits(), labels, Some(mask))
             .expect("uncounted labels are not checked");
         assert_eq!(to_vec(out.counts), vec![3.0, 2.0], "[{name}]");
     }
@@ -360,6 +363,7 @@ fn lm_head_bias_of_the_wrong_length_is_a_shape_error() {
                 zeros3([2, 4, 3], &device),
                 head,
                 Tensor::zeros([2, 4], &device),
+                None,
             )
             .map(|_| ())
             .expect_err("bias [9] for V = 10");
@@ -377,6 +381,7 @@ fn lm_head_bias_of_the_wrong_length_is_a_shape_error() {
                 zeros3([2, 4, 3], &device),
                 head,
                 Tensor::zeros([2, 4], &device),
+                None,
             )
             .map(|_| ())
             .expect_err("H = 4 vs 3");
