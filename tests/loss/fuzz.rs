@@ -11,19 +11,8 @@ use burn_preference::prelude::{PairedBatch, PreferenceLoss, Psi, PsiPoConfig};
 use proptest::prelude::*;
 
 use crate::common::cases::f1;
+use crate::common::reference::{sigmoid, softplus};
 use crate::common::{assert_close, autodiff_devices, devices, floats, fuzz_cases, ints, to_vec};
-
-pub fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
-
-pub fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        x.exp() / (1.0 + x.exp())
-    }
-}
 
 #[derive(Debug, Clone)]
 struct LogpsCase {

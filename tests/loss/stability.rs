@@ -3,8 +3,8 @@
 use burn::tensor::Tensor;
 use burn_preference::prelude::*;
 
-use super::fuzz::{sigmoid, softplus};
 use crate::common::cases::{f1, f2};
+use crate::common::reference::{sigmoid, softplus};
 use crate::common::{assert_close, autodiff_devices, to_vec};
 
 /// A log-ratio of +inf on the chosen side (a reference that gives the chosen completion
