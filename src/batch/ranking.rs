@@ -4,7 +4,7 @@
 //! Built on the device from the scores, so ranking a batch never reads it back. Shared by the
 //! losses (averaging over pairs) and the metrics (accuracies); it imports neither.
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// The ordered pairs of a batch.
 #[derive(Debug, Clone)]
@@ -56,14 +56,25 @@ impl Ranking {
         }
     }
 
-    /// Columns ranked by position, column 0 best: no scores to read.
+    /// Columns ranked by position, column 0 best: known on the host from the shape alone, so
+    /// it is uploaded as it is rather than computed on the device every step.
     pub(crate) fn by_position(batch: usize, candidates: usize, device: &Device) -> Self {
-        let scores = Tensor::<1, Int>::arange(0..candidates as i64, device)
-            .float()
-            .neg()
-            .reshape([1, candidates])
-            .expand([batch, candidates]);
-        Self::new(scores)
+        let beats: Vec<f32> = (0..batch * candidates * candidates)
+            .map(|n| {
+                let (i, j) = ((n / candidates) % candidates, n % candidates);
+                if i < j { 1.0 } else { 0.0 }
+            })
+            .collect();
+        let pairs = (candidates * (candidates - 1) / 2) as f32;
+        Self {
+            beats: Tensor::from_data(
+                TensorData::new(beats, [batch, candidates, candidates]),
+                device,
+            ),
+            pairs: Tensor::full([batch], pairs, device),
+            best: Tensor::zeros([batch], device),
+            worst: Tensor::full([batch], candidates as i64 - 1, device),
+        }
     }
 
     /// The mean of `pair_values [B, K, K]` over each prompt's ordered pairs `[B]` (0 when a

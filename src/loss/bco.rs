@@ -189,13 +189,14 @@ impl BcoLoss {
             batch.check_values()?;
         }
         let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
-        state.update(rewards)?;
+        state.update(rewards.clone())?;
         let device = batch.policy.device();
-        self.loss(batch.with_reward_shift(state.delta(&device))?)
+        let batch = batch.with_reward_shift(state.delta(&device))?;
+        self.loss(batch, rewards)
     }
 
-    fn loss(&self, batch: UnpairedBatch) -> error::Result<LossOutput> {
-        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
+    /// The loss of `batch` with its rewards `β·ℓ` `[N]` (computed once by the caller).
+    fn loss(&self, batch: UnpairedBatch, rewards: Tensor<1>) -> error::Result<LossOutput> {
         let delta = batch
             .reward_shift
             .clone()
@@ -238,6 +239,7 @@ impl PreferenceLoss for BcoLoss {
         if self.value_checks {
             batch.check_values()?;
         }
-        self.loss(batch)
+        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
+        self.loss(batch, rewards)
     }
 }
