@@ -159,6 +159,28 @@ pub(crate) fn finite_values<const D: usize>(
     Ok(values)
 }
 
+/// Rejects example weights that are negative, not finite, or all 0 (the weighted mean would
+/// divide by 0); one read.
+pub(crate) fn weights(arg: &'static str, weights: Tensor<1>) -> Result<()> {
+    let values = read_floats(arg, weights)?;
+    all_finite(arg, &values, &[values.len()])?;
+    if let Some(bad) = values.iter().find(|w| **w < 0.0) {
+        return Err(PreferenceError::InvalidValue {
+            arg,
+            expected: "weights >= 0",
+            found: bad.to_string(),
+        });
+    }
+    if values.iter().all(|w| *w == 0.0) {
+        return Err(PreferenceError::InvalidValue {
+            arg,
+            expected: "at least one weight > 0",
+            found: "all weights 0".to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks that every tensor of one call lives on the device of the first, `args[0]`. A device
 /// with and without autodiff is the same device (burn's `Device` equality ignores autodiff).
 pub(crate) fn same_device(args: &[(&'static str, Device)]) -> Result<()> {

@@ -9,7 +9,8 @@ pub use crate::data::{BatchLayout, PreferenceCollatorConfig};
 pub use crate::error::{PreferenceError, Result};
 pub use crate::logps::{LmHead, LogpReduction, SequenceLogpsConfig};
 pub use crate::loss::{
-    BcoConfig, BcoState, CpoConfig, CpoLossType, DpoConfig, DpoLossType, KtoConfig, LossOutput,
-    OrpoConfig, PreferenceLoss, Psi, PsiPoConfig, RrhfConfig,
+    BcoConfig, BcoState, BetaDpoConfig, BetaDpoState, CpoConfig, CpoLossType, DpoConfig,
+    DpoLossType, DpopConfig, KtoConfig, LipoConfig, LossOutput, OdpoConfig, OrpoConfig,
+    PlackettLuceConfig, PreferenceLoss, Psi, PsiPoConfig, RdpoConfig, RrhfConfig, SimperConfig,
 };
 pub use crate::metrics::Metrics;

@@ -40,7 +40,8 @@ use crate::logps::LogpReduction;
 ///
 /// # Shapes
 /// - policy, reference, scores, lengths: `[B, K]`
-/// - soft labels: `[B]` (pairwise batches only)
+/// - weights: `[B]`
+/// - soft labels, offsets: `[B]` (pairwise batches only)
 #[derive(Debug, Clone)]
 pub struct PairedBatch {
     pub(crate) policy: Tensor<2>,
@@ -48,6 +49,8 @@ pub struct PairedBatch {
     pub(crate) scores: Option<Tensor<2>>,
     pub(crate) lengths: Option<Tensor<2>>,
     pub(crate) soft_labels: Option<Tensor<1>>,
+    pub(crate) weights: Option<Tensor<1>>,
+    pub(crate) offsets: Option<Tensor<1>>,
     /// The policy's and reference's per-token tensors over the `2B` concatenated rows.
     pub(crate) tokens: Option<Box<TokenSide>>,
     pub(crate) reference_tokens: Option<Box<TokenSide>>,
@@ -80,6 +83,8 @@ impl PairedBatch {
             scores: None,
             lengths: None,
             soft_labels: None,
+            weights: None,
+            offsets: None,
             tokens: None,
             reference_tokens: None,
             reduction: None,
@@ -127,20 +132,51 @@ impl PairedBatch {
     /// [`PreferenceError::Shape`] unless the batch is pairwise (`K = 2`) and `q` is `[B]`;
     /// [`PreferenceError::DeviceMismatch`].
     pub fn with_soft_labels(mut self, labels: Tensor<1>) -> Result<Self> {
-        let [batch, candidates] = self.policy.dims();
-        if candidates != 2 {
-            return Err(PreferenceError::Shape {
-                arg: "policy",
-                expected: "a pairwise batch [B, 2] to take soft labels".to_string(),
-                actual: self.policy.dims().to_vec(),
-            });
-        }
+        self.require_pairwise_input("soft labels")?;
+        let batch = self.prompts();
         check::same_device(&[
             ("policy", self.policy.device()),
             ("soft_labels", labels.device()),
         ])?;
         check::batch("soft_labels", labels.dims()[0], "policy", batch)?;
         self.soft_labels = Some(labels.detach());
+        Ok(self)
+    }
+
+    /// A weight `w_b ≥ 0` per prompt `[B]`: the loss becomes the weighted mean
+    /// `Σ_b w_b·L_b / Σ_b w_b` of the per-prompt losses (uniform weights give the plain mean),
+    /// for every loss. `LossOutput::losses` stays unweighted and the metrics count every prompt
+    /// once. Detached: a weight is data, not a parameter.
+    ///
+    /// # Errors
+    /// [`PreferenceError::BatchMismatch`] unless it is `[B]`,
+    /// [`PreferenceError::DeviceMismatch`]. With `value_checks` on, the loss refuses negative or
+    /// non-finite weights and weights that sum to 0.
+    pub fn with_weights(mut self, weights: Tensor<1>) -> Result<Self> {
+        check::same_device(&[
+            ("policy", self.policy.device()),
+            ("weights", weights.device()),
+        ])?;
+        check::batch("weights", weights.dims()[0], "policy", self.prompts())?;
+        self.weights = Some(weights.detach());
+        Ok(self)
+    }
+
+    /// A margin offset `Δ_b` per pair `[B]` for ODPO
+    /// ([`OdpoConfig`](crate::loss::OdpoConfig)): how far the chosen response must beat the
+    /// rejected one, e.g. [`odpo_offsets`](crate::loss::odpo_offsets) of their scores.
+    ///
+    /// # Errors
+    /// [`PreferenceError::Shape`] unless the batch is pairwise (`K = 2`) and the offsets are
+    /// `[B]`; [`PreferenceError::DeviceMismatch`].
+    pub fn with_offsets(mut self, offsets: Tensor<1>) -> Result<Self> {
+        self.require_pairwise_input("offsets")?;
+        check::same_device(&[
+            ("policy", self.policy.device()),
+            ("offsets", offsets.device()),
+        ])?;
+        check::batch("offsets", offsets.dims()[0], "policy", self.prompts())?;
+        self.offsets = Some(offsets.detach());
         Ok(self)
     }
 
@@ -294,7 +330,7 @@ impl PairedBatch {
     }
 
     /// The checks that read values back to the host: scores without NaN, soft labels in
-    /// `[0, 1]`, lengths finite and `≥ 0`. A loss runs them when its `value_checks` is on.
+    /// `[0, 1]`, weights finite, `≥ 0` and not all 0, offsets finite, lengths finite and `≥ 0`. A loss runs them when its `value_checks` is on.
     pub(crate) fn check_values(&self) -> Result<()> {
         if let Some(scores) = &self.scores {
             check::finite_values("scores", scores.clone())?;
@@ -309,6 +345,13 @@ impl PairedBatch {
                 });
             }
         }
+        if let Some(weights) = &self.weights {
+            check::weights("weights", weights.clone())?;
+        }
+        if let Some(offsets) = &self.offsets {
+            let values = check::read_floats("offsets", offsets.clone())?;
+            check::all_finite("offsets", &values, &offsets.dims())?;
+        }
         if let Some(lengths) = &self.lengths {
             let values = check::read_floats("lengths", lengths.clone())?;
             check::all_finite("lengths", &values, &lengths.dims())?;
@@ -319,6 +362,30 @@ impl PairedBatch {
                     found: bad.to_string(),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a per-pair input (`what`) on a ranked list.
+    fn require_pairwise_input(&self, what: &str) -> Result<()> {
+        if self.candidates() != 2 {
+            return Err(PreferenceError::Shape {
+                arg: "policy",
+                expected: format!("a pairwise batch [B, 2] to take {what}"),
+                actual: self.policy.dims().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses soft labels for a loss that does not define them.
+    pub(crate) fn refuse_soft_labels(&self, loss: &str) -> Result<()> {
+        if self.soft_labels.is_some() {
+            return Err(PreferenceError::InvalidValue {
+                arg: "soft_labels",
+                expected: "no soft labels: the loss's paper does not define them",
+                found: format!("soft labels, for {loss}"),
+            });
         }
         Ok(())
     }

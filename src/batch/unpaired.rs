@@ -36,6 +36,7 @@ use crate::logps::LogpReduction;
 /// - policy, reference, desirable: `[N]`
 /// - KL pairs: policy `[M]`, reference `[M]` (usually `M = N`)
 /// - reward shift: `[1]`
+/// - weights: `[N]`
 #[derive(Debug, Clone)]
 pub struct UnpairedBatch {
     pub(crate) policy: Tensor<1>,
@@ -43,6 +44,7 @@ pub struct UnpairedBatch {
     pub(crate) desirable: Tensor<1, Int>,
     pub(crate) kl: Option<(Tensor<1>, Tensor<1>)>,
     pub(crate) reward_shift: Option<Tensor<1>>,
+    pub(crate) weights: Option<Tensor<1>>,
     pub(crate) tokens: Option<Box<TokenSide>>,
     pub(crate) reduction: Option<LogpReduction>,
 }
@@ -67,6 +69,7 @@ impl UnpairedBatch {
             desirable,
             kl: None,
             reward_shift: None,
+            weights: None,
             tokens: None,
             reduction: None,
         })
@@ -122,6 +125,25 @@ impl UnpairedBatch {
         Ok(self)
     }
 
+    /// A weight `w_n ≥ 0` per example `[N]`: the loss becomes the weighted mean
+    /// `Σ_n w_n·L_n / Σ_n w_n` (uniform weights give the plain mean). `LossOutput::losses`
+    /// stays unweighted, the metrics count every example once, and KTO's KL reference point and
+    /// BCO's δ are unweighted batch statistics. Detached.
+    ///
+    /// # Errors
+    /// [`PreferenceError::BatchMismatch`] unless it is `[N]`,
+    /// [`PreferenceError::DeviceMismatch`]. With `value_checks` on, the loss refuses negative or
+    /// non-finite weights and weights that sum to 0.
+    pub fn with_weights(mut self, weights: Tensor<1>) -> Result<Self> {
+        check::same_device(&[
+            ("policy", self.policy.device()),
+            ("weights", weights.device()),
+        ])?;
+        check::batch("weights", weights.dims()[0], "policy", self.len())?;
+        self.weights = Some(weights.detach());
+        Ok(self)
+    }
+
     /// Checks that the policy and reference log-probs are finite, reading them back once (the
     /// opt-in guard of the crate's NaN/inf policy, as [`PairedBatch::require_finite`]).
     ///
@@ -172,7 +194,7 @@ impl UnpairedBatch {
     }
 
     /// The checks that read values back to the host: labels 0 or 1, finite log-probs (policy,
-    /// reference, KL pairs). A loss runs them when its `value_checks` is on.
+    /// reference, KL pairs), weights finite, `≥ 0` and not all 0. A loss runs them when its `value_checks` is on.
     pub(crate) fn check_values(&self) -> Result<()> {
         let labels = check::read_ints("desirable", self.desirable.clone())?;
         if let Some(bad) = labels.iter().find(|&&v| v != 0 && v != 1) {
@@ -191,6 +213,9 @@ impl UnpairedBatch {
         for (arg, tensor) in finite {
             let values = check::read_floats(arg, tensor)?;
             check::all_finite(arg, &values, &[values.len()])?;
+        }
+        if let Some(weights) = &self.weights {
+            check::weights("weights", weights.clone())?;
         }
         Ok(())
     }

@@ -221,7 +221,7 @@ impl BcoLoss {
                 mask,
                 batch.tokens.as_deref(),
             ));
-        Ok(LossOutput::new(losses, metrics))
+        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }
 

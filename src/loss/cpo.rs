@@ -296,7 +296,7 @@ impl PreferenceLoss for CpoLoss {
         let rewards = rewards.detach().mul_scalar(beta);
         let ranking = batch.ranking();
         let metrics = trl::paired(rewards, logps, &ranking).with("nll_loss", Metric::mean(nll));
-        Ok(LossOutput::new(losses, metrics))
+        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }
 

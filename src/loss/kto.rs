@@ -205,7 +205,7 @@ impl PreferenceLoss for KtoLoss {
                 mask,
                 batch.tokens.as_deref(),
             ));
-        Ok(LossOutput::new(losses, metrics))
+        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }
 

@@ -6,6 +6,13 @@
 //! | loss | batch | per example | reference | pick it when |
 //! |---|---|---|---|---|
 //! | [DPO family](DpoConfig) | paired / ranked | any TRL 1.16 `DPOConfig.loss_type`, weighted, with f-divergences, WPO, LD-DPO | yes or free | TRL's `DPOConfig`, key for key: the default |
+//! | [DPOP](DpopConfig) | paired / ranked | DPO with `λ·max(0, −ρ_w)` inside the sigmoid | yes | pairs that differ in a few tokens: keeps the chosen likelihood from falling |
+//! | [β-DPO](BetaDpoConfig) | paired | DPO at a per-batch β from the reward gaps, outlier pairs filtered | yes or free | noisy data or mixed-quality pairs, β hard to tune |
+//! | [R-DPO](RdpoConfig) | paired / ranked | DPO with `α·(|y_w| − |y_l|)` inside the sigmoid | yes or free | data that prefers longer answers |
+//! | [ODPO](OdpoConfig) | paired / ranked | DPO with an offset `Δ = α·log(s_w − s_l)` inside the sigmoid | yes or free | scored pairs: a clear win should move the policy further |
+//! | [Plackett–Luce](PlackettLuceConfig) | ranked | the ranking's Plackett–Luce likelihood; `K = 2` is DPO | yes or free | full rankings of K responses |
+//! | [LiPO-λ](LipoConfig) | ranked, graded | pairwise logistic weighted by ΔNDCG | yes or free | graded lists (rewards, ratings) |
+//! | [SimPER](SimperConfig) | paired / ranked | `−exp(ℓ̄_w) + exp(ℓ̄_l)`, inverse perplexities | none | no reference and no hyperparameter to tune |
 //! | [ΨPO](PsiPoConfig) | paired / ranked | DPO's `softplus(−βh)` or IPO's `(h − 1/(2τ))²`, by [`Psi`] | yes or free | the paper's forms: Ψ chosen at run time, IPO on sequence sums, conservative DPO's label smoothing |
 //! | [RRHF](RrhfConfig) | ranked | `max(0, p_j − p_i)` + fine-tune term | none | K scored candidates |
 //! | [CPO, SimPO, AlphaPO](CpoConfig) | paired | sigmoid / hinge / IPO / SimPO margin + NLL | none | no reference model: half the memory and compute |
@@ -79,23 +86,39 @@ macro_rules! trl_config {
 }
 
 mod bco;
+mod beta_dpo;
 mod cpo;
 mod dpo;
+mod dpop;
 pub(crate) mod formulas;
 mod kto;
+mod lipo;
+mod odpo;
 mod orpo;
+mod plackett_luce;
 mod psipo;
+mod rdpo;
 mod rrhf;
+mod simper;
 
 pub use bco::{BcoConfig, BcoLoss, BcoState, BcoStateRecord};
+pub use beta_dpo::{
+    BETA_DPO_MIN_BETA, BetaDpoConfig, BetaDpoLoss, BetaDpoState, BetaDpoStateRecord,
+};
 pub use cpo::{ALPHAPO_MAX_SCALE, CpoConfig, CpoLoss, CpoLossType};
 pub use dpo::{DpoConfig, DpoLoss, DpoLossType};
+pub use dpop::{DpopConfig, DpopLoss};
 pub use formulas::divergence::FDivergence;
 pub use formulas::nll::token_mean_nll;
 pub use kto::{KlSequence, KtoConfig, KtoLoss, KtoLossType, kl_pairs};
+pub use lipo::{LIPO_MAX_GRADE, LipoConfig, LipoLoss};
+pub use odpo::{OdpoConfig, OdpoLoss, odpo_offsets};
 pub use orpo::{ORPO_MAX_LOGP, OrpoConfig, OrpoLoss};
+pub use plackett_luce::{PlackettLuceConfig, PlackettLuceLoss};
 pub use psipo::{Psi, PsiPoConfig, PsiPoLoss};
+pub use rdpo::{RdpoConfig, RdpoLoss};
 pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
+pub use simper::{SimperConfig, SimperLoss};
 
 use burn::tensor::Tensor;
 
@@ -136,11 +159,14 @@ pub trait PreferenceLoss {
 ///
 /// `loss = mean(losses)` for every loss: `losses` is each example's share (a prompt's, for
 /// paired and ranked batches; an example's, for unpaired ones), with a batch-level term such
-/// as the NLL of CPO, ORPO or `sft` added to every example, as TRL broadcasts it. Sum or
+/// as the NLL of CPO, ORPO or `sft` added to every example, as TRL broadcasts it. A batch with
+/// weights ([`PairedBatch::with_weights`](crate::batch::PairedBatch::with_weights),
+/// [`UnpairedBatch::with_weights`](crate::batch::UnpairedBatch::with_weights)) makes it the
+/// weighted mean `Σ w·losses / Σ w`; β-DPO's data filter is such a weight (0 or 1). Sum or
 /// weigh them otherwise from `losses` if your trainer needs to.
 #[derive(Debug, Clone)]
 pub struct LossOutput {
-    /// The loss `[1]`, the mean of `losses`. Call `backward()` on it.
+    /// The loss `[1]`, the (weighted) mean of `losses`. Call `backward()` on it.
     pub loss: Tensor<1>,
     /// Each example's loss `[B]` (or `[N]`), differentiable.
     pub losses: Tensor<1>,
@@ -150,9 +176,20 @@ pub struct LossOutput {
 }
 
 impl LossOutput {
-    pub(crate) fn new(losses: Tensor<1>, metrics: Metrics) -> Self {
+    /// The output of per-example `losses`, reduced by their mean or, with `weights`, by the
+    /// weighted mean `Σ w·l / Σ w`.
+    pub(crate) fn new(losses: Tensor<1>, weights: Option<Tensor<1>>, metrics: Metrics) -> Self {
+        let loss = match weights {
+            None => losses.clone().mean(),
+            Some(weights) => {
+                // A zero weight drops its example even when its loss is inf or NaN (0·inf).
+                let dropped = weights.clone().equal_elem(0.0);
+                let weighted = losses.clone().mask_fill(dropped, 0.0).mul(weights.clone());
+                weighted.sum().div(weights.sum())
+            }
+        };
         Self {
-            loss: losses.clone().mean(),
+            loss,
             losses,
             metrics,
         }

@@ -167,7 +167,7 @@ impl PreferenceLoss for OrpoLoss {
             .with("nll_loss", Metric::mean(nll))
             .with("log_odds_ratio", Metric::mean(ratios))
             .with("log_odds_chosen", Metric::mean(log_odds));
-        Ok(LossOutput::new(losses, metrics))
+        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }
 

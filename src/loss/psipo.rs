@@ -186,11 +186,7 @@ impl PreferenceLoss for PsiPoLoss {
         let pair_losses = self.pair_loss(ranking.margins(ratios.clone()), labels);
         let losses = ranking.mean_over_pairs(pair_losses);
         let rewards = ratios.detach().mul_scalar(self.beta);
-        let tokens = batch.tokens.as_deref().map(trl::pair_tokens);
-        let metrics =
-            tokens
-                .unwrap_or_default()
-                .merge(trl::paired(rewards, batch.policy.clone(), &ranking));
-        Ok(LossOutput::new(losses, metrics))
+        let metrics = trl::paired_batch(&batch, rewards, batch.policy.clone(), &ranking);
+        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }

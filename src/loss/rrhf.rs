@@ -105,8 +105,7 @@ impl PreferenceLoss for RrhfLoss {
             batch.check_values()?;
         }
         let ranking = batch.ranking();
-        let tokens = batch.tokens.as_deref().map(trl::pair_tokens);
-        let sums = batch.policy;
+        let sums = batch.policy.clone();
         let lengths = lengths.clamp_min(1.0);
         let scores = sums
             .clone()
@@ -125,10 +124,7 @@ impl PreferenceLoss for RrhfLoss {
         let losses = rank
             .mul_scalar(self.rank_weight)
             .add(fine_tune.mul_scalar(self.ft_weight));
-        let metrics =
-            tokens
-                .unwrap_or_default()
-                .merge(trl::paired(scores.detach(), sums, &ranking));
-        Ok(LossOutput::new(losses, metrics))
+        let metrics = trl::paired_batch(&batch, scores.detach(), sums, &ranking);
+        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }

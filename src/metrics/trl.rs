@@ -4,6 +4,7 @@
 use burn::tensor::{Bool, Tensor};
 
 use super::{Metric, Metrics};
+use crate::batch::PairedBatch;
 use crate::batch::ranking::Ranking;
 use crate::batch::tokens::TokenSide;
 
@@ -32,6 +33,20 @@ pub(crate) fn paired(rewards: Tensor<2>, logps: Tensor<2>, ranking: &Ranking) ->
         metrics = metrics.with("rewards/ranking_accuracy", ranked);
     }
     metrics
+}
+
+/// The metrics of a paired or ranked batch: its token metrics (when the gather carried them)
+/// and [`paired`]'s rewards and log-probs.
+pub(crate) fn paired_batch(
+    batch: &PairedBatch,
+    rewards: Tensor<2>,
+    logps: Tensor<2>,
+    ranking: &Ranking,
+) -> Metrics {
+    let tokens = batch.tokens.as_deref().map(pair_tokens);
+    tokens
+        .unwrap_or_default()
+        .merge(paired(rewards, logps, ranking))
 }
 
 /// TRL's token metrics of the `2B` concatenated rows (chosen first), those the gather

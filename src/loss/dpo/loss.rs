@@ -369,12 +369,8 @@ impl PreferenceLoss for DpoLoss {
             losses = losses.add(part.mul_scalar(*weight));
         }
         let rewards = ratios.detach().mul_scalar(self.config.beta);
-        let tokens = batch.tokens.as_deref().map(trl::pair_tokens);
-        let metrics =
-            tokens
-                .unwrap_or_default()
-                .merge(trl::paired(rewards, policy, &inputs.ranking));
-        Ok(LossOutput::new(losses, metrics))
+        let metrics = trl::paired_batch(&batch, rewards, policy, &inputs.ranking);
+        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }
 
