@@ -1,7 +1,9 @@
 //! Preference-optimisation losses for [burn](https://burn.dev): every loss of TRL 1.16's
 //! `DPOTrainer` (configured by the same keys as TRL's `DPOConfig`, with f-divergences, WPO,
-//! LD-DPO and mixtures), ΨPO, conservative DPO (label smoothing, soft labels), IPO and RRHF,
-//! with reference-free modes and the helpers every trainer needs.
+//! LD-DPO and mixtures), ΨPO, conservative DPO (label smoothing, soft labels), IPO, RRHF,
+//! CPO/SimPO/AlphaPO, ORPO, KTO and BCO; the losses users ask peers for (DPOP, β-DPO, R-DPO,
+//! ODPO, listwise Plackett–Luce and LiPO-λ, SimPER); per-example weights for every loss;
+//! reference-free modes and the helpers every trainer needs.
 //!
 //! The modules follow the data: [`data`] collates token ids into padded or packed batches,
 //! [`logps`] turns logits (or hidden states and the LM head) into sequence log-probs, [`batch`]
