@@ -68,7 +68,12 @@ pub fn odpo_offsets(
         ("rejected_scores", rejected_scores.device()),
     ])?;
     let [rows] = chosen_scores.dims();
-    check::batch("rejected_scores", rejected_scores.dims()[0], "chosen_scores", rows)?;
+    check::batch(
+        "rejected_scores",
+        rejected_scores.dims()[0],
+        "chosen_scores",
+        rows,
+    )?;
     Ok(chosen_scores
         .sub(rejected_scores)
         .detach()
@@ -123,10 +128,14 @@ pub struct OdpoLoss {
 impl OdpoLoss {
     /// The offsets of the ordered pairs `[B, K, K]` (0 off the pairs).
     fn offsets(&self, batch: &PairedBatch, ranking: &Ranking) -> error::Result<Tensor<3>> {
+        let outside = ranking.beats.clone().equal_elem(0.0);
         if let Some(offsets) = &batch.offsets {
-            let [prompts] = offsets.dims();
-            let offsets = offsets.clone().reshape([prompts, 1, 1]);
-            return Ok(ranking.beats.clone().mul(offsets));
+            let [prompts, candidates] = batch.policy.dims();
+            let offsets = offsets
+                .clone()
+                .reshape([prompts, 1, 1])
+                .expand([prompts, candidates, candidates]);
+            return Ok(offsets.mask_fill(outside, 0.0));
         }
         let scores = batch.scores.clone().ok_or(PreferenceError::MissingInput {
             loss: "ODPO",
@@ -135,7 +144,6 @@ impl OdpoLoss {
                   `with_scores` to compute them as α·log(s_w − s_l)",
         })?;
         // Off the pairs the difference is set to 1 (log 1 = 0) before the logarithm.
-        let outside = ranking.beats.clone().equal_elem(0.0);
         Ok(Ranking::differences(scores)
             .mask_fill(outside, 1.0)
             .log()
