@@ -82,6 +82,7 @@ pub mod loss;
 pub mod metrics;
 mod numerics;
 pub mod prelude;
+pub mod reference;
 
 pub use error::{PreferenceError, Result};
 

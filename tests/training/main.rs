@@ -14,5 +14,6 @@ mod toy_example;
 #[path = "../../examples/common/transformer.rs"]
 mod transformer_example;
 
+mod reference;
 mod toy;
 mod transformer;
