@@ -8,8 +8,8 @@
 //!    log-probs of every training response are computed once and stored.
 //! 2. Preference data: per prompt, the chosen response keeps the step, the rejected one
 //!    switches it; 20 % of the training pairs are flipped (noise). RRHF sees K = 4 candidates:
-//!    keep, keep with one wrong digit, switch, switch with one wrong digit, scored 0, −1, −2,
-//!    −3 (the best two swapped on a noisy 20 %). Held-out pairs are clean.
+//!    keep, keep with one wrong digit, switch, switch with one wrong digit, graded 3, 2, 1, 0
+//!    (the best two swapped on a noisy 20 %). Held-out pairs are clean.
 //! 3. One copy of the reference model per loss is trained with Adam from the same start. Every
 //!    10 steps it logs, on the held-out pairs, the implicit-reward accuracy (share of pairs with
 //!    ρ(chosen) > ρ(rejected), TRL's `rewards/accuracies`), the policy's own preference
@@ -27,6 +27,12 @@
 #[allow(dead_code)] // shared by the examples
 #[path = "common/args.rs"]
 mod args;
+#[allow(dead_code)] // shared by the tiny-LM examples and their test
+#[path = "common/digits.rs"]
+mod digits;
+#[allow(dead_code)] // shared by the tiny-LM examples and their test
+#[path = "common/methods.rs"]
+mod methods;
 #[path = "common/plot.rs"]
 mod plot;
 #[path = "common/rng.rs"]
@@ -39,364 +45,14 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_preference::logps::{SequenceLogps, SequenceLogpsOutput};
-use burn_preference::metrics::token_kl;
-use burn_preference::prelude::*;
+use digits::{Point, Setup, Task};
 use indicatif::{ProgressBar, ProgressStyle};
+use methods::{Method, Schedule};
 use plot::{COLORS, Line, Panel};
-use rng::SplitMix64;
-use tiny_lm::{TinyLm, VOCAB};
 
-const PROMPT_LEN: usize = 4;
-const SEQ_LEN: usize = 12;
-const TRAIN_PROMPTS: usize = 512;
-const HELD_OUT_PROMPTS: usize = 128;
 const BATCH: usize = 32;
-const FLIP_RATE: f64 = 0.2;
-const SFT_STEPS: usize = 150;
 /// Held-out evaluation every this many steps.
 const EVAL_EVERY: usize = 10;
-
-/// Token rows `[N, T]` and the labels that score only their responses (−100 on the prompt).
-struct Sequences {
-    tokens: Vec<i64>,
-    rows: usize,
-}
-
-impl Sequences {
-    fn tokens(&self, device: &Device) -> Tensor<2, Int> {
-        Tensor::from_data(
-            TensorData::new(self.tokens.clone(), [self.rows, SEQ_LEN]),
-            device,
-        )
-    }
-
-    fn response_labels(&self, device: &Device) -> Tensor<2, Int> {
-        let labels = self
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(i, &token)| {
-                if i % SEQ_LEN < PROMPT_LEN {
-                    -100
-                } else {
-                    token
-                }
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(labels, [self.rows, SEQ_LEN]), device)
-    }
-
-    /// The given rows, in order.
-    fn rows_of(&self, rows: &[usize]) -> Sequences {
-        let tokens = rows
-            .iter()
-            .flat_map(|&r| self.tokens[r * SEQ_LEN..(r + 1) * SEQ_LEN].iter().copied())
-            .collect();
-        Sequences {
-            tokens,
-            rows: rows.len(),
-        }
-    }
-}
-
-/// How a response continues the prompt: with the prompt's step or the other one, and how
-/// many of its digits are then replaced by wrong ones.
-#[derive(Clone, Copy)]
-struct Response {
-    keeps_step: bool,
-    breaks: usize,
-}
-
-const FOLLOWS: Response = Response {
-    keeps_step: true,
-    breaks: 0,
-};
-const SWITCHES: Response = Response {
-    keeps_step: false,
-    breaks: 0,
-};
-
-/// A prompt `start, start + k, …` with step k ∈ {1, 3} (mod 10), and one sequence per
-/// response kind. The rule: keep the prompt's step.
-fn sample(rng: &mut SplitMix64, responses: &[Response]) -> Vec<Vec<i64>> {
-    let start = rng.below(VOCAB) as i64;
-    let step = [1, 3][rng.below(2)];
-    responses
-        .iter()
-        .map(|response| {
-            let response_step = if response.keeps_step { step } else { 4 - step };
-            let mut seq: Vec<i64> = (0..PROMPT_LEN as i64)
-                .map(|t| (start + step * t) % 10)
-                .collect();
-            while seq.len() < SEQ_LEN {
-                seq.push((seq[seq.len() - 1] + response_step) % 10);
-            }
-            let clean = seq.clone();
-            let mut broken = 0;
-            while broken < response.breaks {
-                let t = PROMPT_LEN + rng.below(SEQ_LEN - PROMPT_LEN);
-                if seq[t] == clean[t] {
-                    seq[t] = (clean[t] + 1 + rng.below(VOCAB - 1) as i64) % 10;
-                    broken += 1;
-                }
-            }
-            seq
-        })
-        .collect()
-}
-
-/// The data sets: pairs as concatenated rows (chosen block, then rejected block) and RRHF's
-/// K = 4 candidates (row-major `[prompts, 4]`) with their scores.
-struct Data {
-    sft: Sequences,
-    train_pairs: Sequences,
-    held_out_pairs: Sequences,
-    ranked: Sequences,
-    ranked_scores: Vec<f32>,
-}
-
-fn make_data(seed: u64) -> Data {
-    let mut rng = SplitMix64(seed);
-    let flat = |rows: Vec<Vec<i64>>| Sequences {
-        rows: rows.len(),
-        tokens: rows.concat(),
-    };
-    let sft = flat(
-        (0..1024)
-            // The base model sees both continuations equally often: it does not know the rule.
-            .map(|_| {
-                let kind = if rng.unit() < 0.5 { FOLLOWS } else { SWITCHES };
-                sample(&mut rng, &[kind]).remove(0)
-            })
-            .collect(),
-    );
-    let pairs = |n: usize, flip: f64, rng: &mut SplitMix64| {
-        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            let mut pair = sample(rng, &[FOLLOWS, SWITCHES]);
-            if rng.unit() < flip {
-                pair.swap(0, 1);
-            }
-            chosen.push(pair[0].clone());
-            rejected.push(pair[1].clone());
-        }
-        flat([chosen, rejected].concat())
-    };
-    let train_pairs = pairs(TRAIN_PROMPTS, FLIP_RATE, &mut rng);
-    let held_out_pairs = pairs(HELD_OUT_PROMPTS, 0.0, &mut rng);
-    let (mut ranked, mut ranked_scores) = (Vec::new(), Vec::new());
-    for _ in 0..TRAIN_PROMPTS {
-        let broken = |kind: Response| Response { breaks: 1, ..kind };
-        ranked.extend(sample(
-            &mut rng,
-            &[FOLLOWS, broken(FOLLOWS), SWITCHES, broken(SWITCHES)],
-        ));
-        let mut scores = [0.0, -1.0, -2.0, -3.0];
-        if rng.unit() < FLIP_RATE {
-            scores.swap(0, 1);
-        }
-        ranked_scores.extend(scores);
-    }
-    Data {
-        sft,
-        train_pairs,
-        held_out_pairs,
-        ranked: flat(ranked),
-        ranked_scores,
-    }
-}
-
-/// Fits the reference briefly (mean token NLL) on sequences that keep or switch the step
-/// equally often, so it starts without a preference for the rule.
-fn fit_reference(data: &Data, steps: usize, device: &Device) -> Result<TinyLm, Box<dyn Error>> {
-    let mut model = TinyLm::new(SEQ_LEN, true, device);
-    let mut optimizer = AdamConfig::new().init();
-    let gatherer = SequenceLogpsConfig::new()
-        .with_reduction(LogpReduction::Mean)
-        .init()?;
-    let mut rng = SplitMix64(7);
-    for _ in 0..steps {
-        let rows: Vec<usize> = (0..64).map(|_| rng.below(data.sft.rows)).collect();
-        let batch = data.sft.rows_of(&rows);
-        let tokens = batch.tokens(device);
-        let nll = gatherer
-            .forward(model.forward(tokens.clone()), tokens, None)?
-            .logps
-            .mean()
-            .neg();
-        let grads = GradientsParams::from_grads(nll.backward(), &model);
-        model = optimizer.step(3e-3, model, grads);
-    }
-    Ok(model)
-}
-
-/// Sequence log-probs `[N]` of the response tokens (summed, as in the DPO and IPO papers),
-/// with their token counts.
-fn response_logps(
-    model: &TinyLm,
-    gatherer: &SequenceLogps,
-    rows: &Sequences,
-    device: &Device,
-) -> Result<SequenceLogpsOutput, Box<dyn Error>> {
-    Ok(gatherer.forward(
-        model.forward(rows.tokens(device)),
-        rows.response_labels(device),
-        None,
-    )?)
-}
-
-/// One logged point on the held-out pairs.
-#[derive(Clone, Copy)]
-struct Point {
-    step: usize,
-    /// Share of pairs with ρ(chosen) > ρ(rejected).
-    reward_accuracy: f64,
-    /// Share of pairs with log π(chosen) > log π(rejected).
-    policy_accuracy: f64,
-    /// Mean per-token KL(π ‖ π_ref) on the chosen responses.
-    kl: f64,
-}
-
-struct Evaluator {
-    gatherer: SequenceLogps,
-    held_out: Sequences,
-    reference_logps: Tensor<1>,
-    reference_logits: Tensor<3>,
-}
-
-impl Evaluator {
-    fn evaluate(
-        &self,
-        step: usize,
-        model: &TinyLm,
-        device: &Device,
-    ) -> Result<Point, Box<dyn Error>> {
-        let pairs = HELD_OUT_PROMPTS;
-        let policy = response_logps(model, &self.gatherer, &self.held_out, device)?
-            .logps
-            .detach();
-        let accuracy = |values: Tensor<1>| {
-            let chosen = values.clone().narrow(0, 0, pairs);
-            let rejected = values.narrow(0, pairs, pairs);
-            f64::from(chosen.greater(rejected).float().mean().into_scalar::<f32>())
-        };
-        let policy_accuracy = accuracy(policy.clone());
-        let reward_accuracy = accuracy(policy - self.reference_logps.clone());
-        // KL on the held-out chosen responses, where a trained policy should stay close.
-        let chosen_rows = self.held_out.rows_of(&(0..pairs).collect::<Vec<_>>());
-        let kl = token_kl(
-            &self.gatherer,
-            model.forward(chosen_rows.tokens(device)).detach(),
-            self.reference_logits.clone(),
-            chosen_rows.response_labels(device),
-            None,
-        )?;
-        Ok(Point {
-            step,
-            reward_accuracy,
-            policy_accuracy,
-            kl: f64::from(kl.mean.into_scalar::<f32>()),
-        })
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Method {
-    Dpo,
-    Ipo,
-    Rrhf,
-}
-
-impl Method {
-    fn name(self) -> &'static str {
-        match self {
-            Method::Dpo => "DPO (β = 0.1)",
-            Method::Ipo => "IPO (τ = 0.1)",
-            Method::Rrhf => "RRHF (K = 4, α = 1)",
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train(
-    method: Method,
-    reference: &TinyLm,
-    data: &Data,
-    train_reference_logps: &Tensor<1>,
-    evaluator: &Evaluator,
-    steps: usize,
-    bar: &ProgressBar,
-    device: &Device,
-) -> Result<Vec<Point>, Box<dyn Error>> {
-    let mut model = reference.clone();
-    let mut optimizer = AdamConfig::new().init();
-    let gatherer = &evaluator.gatherer;
-    let mut rng = SplitMix64(11);
-    let mut history = Vec::new();
-    // IPO on summed log-probs as the paper writes it: ΨPO with identity Ψ, β is IPO's τ.
-    let loss: Box<dyn PreferenceLoss<Batch = PairedBatch>> = match method {
-        Method::Dpo => Box::new(DpoConfig::new().with_beta(0.1).init()?),
-        Method::Ipo => Box::new(PsiPoConfig::new(Psi::Identity).with_beta(0.1).init()?),
-        Method::Rrhf => Box::new(RrhfConfig::new().init()?),
-    };
-    let pairs = TRAIN_PROMPTS;
-    for step in 0..=steps {
-        if step % EVAL_EVERY == 0 || step == steps {
-            history.push(evaluator.evaluate(step, &model, device)?);
-        }
-        if step == steps {
-            break;
-        }
-        let prompts: Vec<usize> = (0..BATCH).map(|_| rng.below(pairs)).collect();
-        let batch = match method {
-            Method::Dpo | Method::Ipo => {
-                // Chosen rows of the batch, then their rejected rows: one forward pass.
-                let rows: Vec<usize> = prompts
-                    .iter()
-                    .copied()
-                    .chain(prompts.iter().map(|p| p + pairs))
-                    .collect();
-                let policy =
-                    response_logps(&model, gatherer, &data.train_pairs.rows_of(&rows), device)?;
-                let ids = rows.iter().map(|&r| r as i64).collect::<Vec<_>>();
-                let reference = train_reference_logps.clone().select(
-                    0,
-                    Tensor::from_data(TensorData::new(ids, [2 * BATCH]), device),
-                );
-                // Chosen rows first: [2B] → [B, 2] as the layout says; the stored reference
-                // log-probs [2B] are laid out the same way, chosen in column 0.
-                PairedBatch::from_output(policy, BatchLayout::ChosenFirst { pairs: BATCH })?
-                    .with_reference(reference.reshape([2, BATCH]).transpose())?
-            }
-            Method::Rrhf => {
-                let rows: Vec<usize> = prompts
-                    .iter()
-                    .flat_map(|p| (0..4).map(move |k| p * 4 + k))
-                    .collect();
-                let candidates = data.ranked.rows_of(&rows);
-                let out = response_logps(&model, gatherer, &candidates, device)?;
-                let scores: Vec<f32> = rows.iter().map(|&r| data.ranked_scores[r]).collect();
-                // Prompt-major rows → [B, 4] with each candidate's token count; ranked by
-                // the scores.
-                let layout = BatchLayout::PromptMajor {
-                    prompts: BATCH,
-                    candidates: 4,
-                };
-                PairedBatch::from_output(out, layout)?.with_scores(Tensor::from_data(
-                    TensorData::new(scores, [BATCH, 4]),
-                    device,
-                ))?
-            }
-        };
-        let grads = GradientsParams::from_grads(loss.forward(batch)?.loss.backward(), &model);
-        model = optimizer.step(1e-3, model, grads);
-        bar.inc(1);
-    }
-    Ok(history)
-}
 
 fn main() -> Result<(), Box<dyn Error>> {
     let usage =
@@ -408,30 +64,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     device.seed(seed);
     let started = Instant::now();
 
-    let data = make_data(seed);
-    let reference = fit_reference(&data, SFT_STEPS, &device)?;
-    let gatherer = SequenceLogpsConfig::new().init()?;
-    // Precomputed once: the reference never changes.
-    let train_reference_logps = response_logps(&reference, &gatherer, &data.train_pairs, &device)?
-        .logps
-        .detach();
-    let held_out_chosen = data
-        .held_out_pairs
-        .rows_of(&(0..HELD_OUT_PROMPTS).collect::<Vec<_>>());
-    let evaluator = Evaluator {
-        reference_logps: response_logps(&reference, &gatherer, &data.held_out_pairs, &device)?
-            .logps
-            .detach(),
-        reference_logits: reference.forward(held_out_chosen.tokens(&device)).detach(),
-        held_out: data
-            .held_out_pairs
-            .rows_of(&(0..2 * HELD_OUT_PROMPTS).collect::<Vec<_>>()),
-        gatherer,
-    };
-    let start = evaluator.evaluate(0, &reference, &device)?;
+    let setup = Setup::EXAMPLE;
+    let task = Task::new(seed, setup, &device)?;
+    let start = task.evaluator.evaluate(0, &task.reference, &device)?;
     println!(
-        "reference after {SFT_STEPS} SFT steps: prefers the held-out chosen response in {:.3} of pairs",
-        start.policy_accuracy
+        "reference after {} SFT steps: prefers the held-out chosen response in {:.3} of pairs",
+        setup.sft_steps, start.policy_accuracy
     );
 
     let methods = [Method::Dpo, Method::Ipo, Method::Rrhf];
@@ -443,17 +81,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut results = Vec::new();
     for method in methods {
         bar.set_message(method.name());
-        let history = train(
-            method,
-            &reference,
-            &data,
-            &train_reference_logps,
-            &evaluator,
+        let schedule = Schedule {
             steps,
-            &bar,
-            &device,
-        )?;
-        results.push((method, history));
+            batch: BATCH,
+            learning_rate: 1e-3,
+            eval_every: EVAL_EVERY,
+        };
+        let run = methods::train(method, &task, schedule, None, &device, || bar.inc(1))?;
+        results.push((method, run.history));
     }
     bar.finish_and_clear();
 
@@ -488,7 +123,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         );
     }
     println!(
-        "\nheld-out: {HELD_OUT_PROMPTS} clean pairs; {steps} steps per loss, batches of {BATCH} prompts, {:.1} s in all",
+        "\nheld-out: {} clean pairs; {steps} steps per loss, batches of {BATCH} prompts, {:.1} s in all",
+        setup.held_out_prompts,
         started.elapsed().as_secs_f64()
     );
 

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 /// One line of a panel.
 #[derive(Clone)]
 pub struct Line {
+    /// Its legend entry; a panel whose labels are all empty has no legend.
     pub label: String,
     pub color: RGBColor,
     /// Thick lines for the main series, thin faded ones for the comparison.
@@ -26,11 +27,16 @@ pub struct Panel {
     pub lines: Vec<Line>,
 }
 
-pub const COLORS: [RGBColor; 4] = [
+/// matplotlib's `tab10`, without its grey and olive.
+pub const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
 ];
 
 /// Registers DejaVu Sans once; `false` when no font file is found.
@@ -97,13 +103,13 @@ pub fn draw_panels(
                 line.color.mix(0.45).stroke_width(1)
             };
             let series = chart.draw_series(LineSeries::new(line.points.iter().copied(), style))?;
-            if text {
+            if text && !line.label.is_empty() {
                 series
                     .label(line.label.as_str())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
             }
         }
-        if text {
+        if text && panel.lines.iter().any(|line| !line.label.is_empty()) {
             chart
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))

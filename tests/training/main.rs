@@ -5,8 +5,17 @@
 mod common;
 // The examples' shared code, included as the examples include it (each example uses a part).
 #[allow(dead_code)]
+#[path = "../../examples/common/digits.rs"]
+mod digits;
+#[allow(dead_code)]
+#[path = "../../examples/common/methods.rs"]
+mod methods;
+#[allow(dead_code)]
 #[path = "../../examples/common/rng.rs"]
 mod rng;
+#[allow(dead_code)]
+#[path = "../../examples/common/tiny_lm.rs"]
+mod tiny_lm;
 #[allow(dead_code)]
 #[path = "../../examples/common/toy.rs"]
 mod toy_example;
@@ -15,5 +24,6 @@ mod toy_example;
 mod transformer_example;
 
 mod reference;
+mod tiny_lm_losses;
 mod toy;
 mod transformer;
