@@ -4,7 +4,7 @@
 //! use burn_preference::prelude::*;
 //! ```
 
-pub use crate::batch::{PairedBatch, UnpairedBatch};
+pub use crate::batch::{PairedBatch, StepTotals, UnpairedBatch};
 pub use crate::data::{BatchLayout, PreferenceCollatorConfig};
 pub use crate::error::{PreferenceError, Result};
 pub use crate::logps::{LmHead, LogpReduction, SequenceLogpsConfig};

@@ -6,9 +6,12 @@
 mod from_output;
 mod paired;
 pub(crate) mod ranking;
+mod step;
 pub(crate) mod tokens;
 mod unpaired;
 
 pub use paired::PairedBatch;
 pub(crate) use paired::pairs_of;
+pub(crate) use step::Reduction;
+pub use step::StepTotals;
 pub use unpaired::UnpairedBatch;

@@ -4,6 +4,7 @@
 use burn::tensor::{Int, Tensor};
 
 use super::ranking::Ranking;
+use super::step::{Reduction, StepTotals};
 use super::tokens::{TokenSide, completion_positions};
 use crate::check;
 use crate::data::BatchLayout;
@@ -51,6 +52,7 @@ pub struct PairedBatch {
     pub(crate) soft_labels: Option<Tensor<1>>,
     pub(crate) weights: Option<Tensor<1>>,
     pub(crate) offsets: Option<Tensor<1>>,
+    pub(crate) step: Option<StepTotals>,
     /// The policy's and reference's per-token tensors over the `2B` concatenated rows.
     pub(crate) tokens: Option<Box<TokenSide>>,
     pub(crate) reference_tokens: Option<Box<TokenSide>>,
@@ -85,6 +87,7 @@ impl PairedBatch {
             soft_labels: None,
             weights: None,
             offsets: None,
+            step: None,
             tokens: None,
             reference_tokens: None,
             reduction: None,
@@ -159,6 +162,20 @@ impl PairedBatch {
         ])?;
         check::batch("weights", weights.dims()[0], "policy", self.prompts())?;
         self.weights = Some(weights.detach());
+        Ok(self)
+    }
+
+    /// Marks the batch as one micro-batch (or one device's shard) of an optimiser step with
+    /// these totals: the loss then divides by the step's examples and NLL tokens instead of
+    /// the batch's, so that the micro-batches' losses and gradients add up to the step's (see
+    /// [`StepTotals`]). Give every micro-batch of the step the same totals.
+    ///
+    /// # Errors
+    /// [`PreferenceError::OutOfRange`] naming `step.examples` (not finite and `> 0`) or
+    /// `step.nll_tokens` (not finite and `≥ 0`).
+    pub fn with_step(mut self, step: StepTotals) -> Result<Self> {
+        step.check()?;
+        self.step = Some(step);
         Ok(self)
     }
 
@@ -364,6 +381,14 @@ impl PairedBatch {
             }
         }
         Ok(())
+    }
+
+    /// The batch's weights and step totals, for [`LossOutput`](crate::loss::LossOutput).
+    pub(crate) fn reduction(&self) -> Reduction {
+        Reduction {
+            weights: self.weights.clone(),
+            step: self.step,
+        }
     }
 
     /// Refuses a per-pair input (`what`) on a ranked list.

@@ -3,6 +3,7 @@
 
 use burn::tensor::{Bool, Int, Tensor};
 
+use super::step::{Reduction, StepTotals};
 use super::tokens::TokenSide;
 use crate::check;
 use crate::error::{PreferenceError, Result};
@@ -45,6 +46,8 @@ pub struct UnpairedBatch {
     pub(crate) kl: Option<(Tensor<1>, Tensor<1>)>,
     pub(crate) reward_shift: Option<Tensor<1>>,
     pub(crate) weights: Option<Tensor<1>>,
+    pub(crate) step: Option<StepTotals>,
+    pub(crate) reference_point: Option<Tensor<1>>,
     pub(crate) tokens: Option<Box<TokenSide>>,
     pub(crate) reduction: Option<LogpReduction>,
 }
@@ -70,6 +73,8 @@ impl UnpairedBatch {
             kl: None,
             reward_shift: None,
             weights: None,
+            step: None,
+            reference_point: None,
             tokens: None,
             reduction: None,
         })
@@ -142,6 +147,47 @@ impl UnpairedBatch {
         check::batch("weights", weights.dims()[0], "policy", self.len())?;
         self.weights = Some(weights.detach());
         Ok(self)
+    }
+
+    /// Marks the batch as one micro-batch (or one device's shard) of an optimiser step with
+    /// these totals (`examples` = the step's examples or their total weight): the loss divides
+    /// by them instead of the batch's, so that the micro-batches' losses and gradients add up
+    /// to the step's. KTO's reference point and BCO's δ are batch statistics of the model's
+    /// outputs: make them the step's with [`with_reference_point`](Self::with_reference_point)
+    /// and [`with_reward_shift`](Self::with_reward_shift) (see
+    /// [`KtoLoss::kl_statistic`](crate::loss::KtoLoss::kl_statistic) and
+    /// [`BcoLoss::reward_statistic`](crate::loss::BcoLoss::reward_statistic)).
+    ///
+    /// # Errors
+    /// [`PreferenceError::OutOfRange`] naming `step.examples` or `step.nll_tokens`.
+    pub fn with_step(mut self, step: StepTotals) -> Result<Self> {
+        step.check()?;
+        self.step = Some(step);
+        Ok(self)
+    }
+
+    /// KTO's reference point `z` `[1]` for this batch, instead of the estimate from its own KL
+    /// pairs: the step's, `max(0, Σ KL log-ratios / Σ KL pairs)` over every micro-batch and
+    /// device (detached). With it KTO needs no KL pairs in this batch.
+    ///
+    /// # Errors
+    /// [`PreferenceError::Shape`] unless it is `[1]`, [`PreferenceError::DeviceMismatch`].
+    pub fn with_reference_point(mut self, z: Tensor<1>) -> Result<Self> {
+        check::same_device(&[
+            ("policy", self.policy.device()),
+            ("reference_point", z.device()),
+        ])?;
+        check::shape("reference_point", z.dims(), [Some(1)], "[1]")?;
+        self.reference_point = Some(z.detach());
+        Ok(self)
+    }
+
+    /// The batch's weights and step totals, for [`LossOutput`](crate::loss::LossOutput).
+    pub(crate) fn reduction(&self) -> Reduction {
+        Reduction {
+            weights: self.weights.clone(),
+            step: self.step,
+        }
     }
 
     /// Checks that the policy and reference log-probs are finite, reading them back once (the

@@ -4,7 +4,7 @@
 use burn::tensor::{Device, Tensor};
 
 use super::{LossOutput, PreferenceLoss};
-use crate::batch::UnpairedBatch;
+use crate::batch::{StepTotals, UnpairedBatch};
 use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::metrics::{Metric, Metrics, trl};
@@ -72,7 +72,15 @@ impl BcoState {
     /// [`PreferenceError::Empty`] for no rewards.
     pub fn update(&mut self, rewards: Tensor<1>) -> error::Result<()> {
         check::non_empty("rewards", rewards.dims()[0])?;
-        let mean = rewards.detach().mean();
+        self.update_mean(rewards.detach().mean());
+        Ok(())
+    }
+
+    /// Folds one step's mean reward `[1]` into δ, as [`update`](Self::update) does with a
+    /// batch's: for a step of several micro-batches or devices, the value of their merged
+    /// [`BcoLoss::reward_statistic`]s, so that δ moves once per step by the step's mean.
+    pub fn update_mean(&mut self, mean: Tensor<1>) {
+        let mean = mean.detach();
         self.count += 1;
         let weight = 1.0 / self.count as f64;
         self.delta = Some(match self.delta.take() {
@@ -82,7 +90,6 @@ impl BcoState {
                 delta.add(step.mul_scalar(weight))
             }
         });
-        Ok(())
     }
 
     /// δ `[1]` on `device` (0 before the first update).
@@ -185,6 +192,14 @@ impl BcoLoss {
         batch: UnpairedBatch,
         state: &mut BcoState,
     ) -> error::Result<LossOutput> {
+        if batch.step.is_some() {
+            return Err(StepTotals::refuse(
+                "BCO's forward_train",
+                "no step totals: forward_train folds this batch's rewards into δ; for a step of \
+                 several micro-batches fold the step's (`BcoLoss::reward_statistic`, \
+                 `BcoState::update_mean`) and call `forward` with `with_reward_shift`",
+            ));
+        }
         if self.value_checks {
             batch.check_values()?;
         }
@@ -193,6 +208,18 @@ impl BcoLoss {
         let device = batch.policy.device();
         let batch = batch.with_reward_shift(state.delta(&device))?;
         self.loss(batch, rewards)
+    }
+
+    /// The rewards `β·ℓ` of `batch` as a sum and a count (detached), to merge across the
+    /// micro-batches and devices of a step ([`Metric::merge`], or an all-reduce of the sum and
+    /// the count) before [`BcoState::update_mean`] with their value.
+    ///
+    /// # Errors
+    /// [`PreferenceError::MissingInput`] without a reference; [`PreferenceError::InvalidValue`]
+    /// for log-probs not gathered as sums.
+    pub fn reward_statistic(&self, batch: &UnpairedBatch) -> error::Result<Metric> {
+        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
+        Ok(Metric::mean(rewards))
     }
 
     /// The loss of `batch` with its rewards `β·ℓ` `[N]` (computed once by the caller).
@@ -221,7 +248,7 @@ impl BcoLoss {
                 mask,
                 batch.tokens.as_deref(),
             ));
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }
 

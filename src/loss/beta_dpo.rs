@@ -6,8 +6,8 @@ use burn::tensor::{Device, Distribution, Tensor};
 
 use super::formulas::margin;
 use super::{LossOutput, PreferenceLoss};
-use crate::batch::PairedBatch;
 use crate::batch::ranking::Ranking;
+use crate::batch::{PairedBatch, Reduction, StepTotals};
 use crate::check;
 use crate::error;
 use crate::metrics::{Metric, trl};
@@ -177,6 +177,9 @@ impl BetaDpoState {
 
 /// β-DPO: DPO whose β is set per batch from the batch's reward gaps.
 ///
+/// A training step is one batch: `forward_train` refuses [step totals](StepTotals) (β and the
+/// filter would be statistics of each micro-batch, not of the step).
+///
 /// With the gap `M = ρ_w − ρ_l` of each pair (`ρ = log π − log π_ref`) and the running
 /// statistics `M₀`, `σ` of [`BetaDpoState`], a training step:
 ///
@@ -245,6 +248,13 @@ impl BetaDpoLoss {
         batch: PairedBatch,
         state: &mut BetaDpoState,
     ) -> error::Result<LossOutput> {
+        if batch.step.is_some() {
+            return Err(StepTotals::refuse(
+                "β-DPO training",
+                "no step totals: β-DPO's β and filter are statistics of the batch it sees; \
+                 run each step as one batch",
+            ));
+        }
         let gaps = self.gaps(&batch)?;
         let device = gaps.device();
         let [pairs] = gaps.dims();
@@ -270,7 +280,11 @@ impl BetaDpoLoss {
             .metrics(&batch)?
             .with("beta_dpo/beta", Metric::mean(beta))
             .with("beta_dpo/kept", Metric::mean(kept));
-        Ok(LossOutput::new(losses, Some(weights), metrics))
+        let reduction = Reduction {
+            weights: Some(weights),
+            step: None,
+        };
+        Ok(LossOutput::new(losses, None, reduction, metrics))
     }
 
     /// The gaps `M = ρ_w − ρ_l` `[B]`, differentiable.
@@ -335,6 +349,6 @@ impl PreferenceLoss for BetaDpoLoss {
         let gaps = self.gaps(&batch)?;
         let losses = margin::sigmoid(gaps.mul_scalar(self.config.beta), 0.0);
         let metrics = self.metrics(&batch)?;
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

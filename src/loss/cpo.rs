@@ -7,7 +7,7 @@ use std::str::FromStr;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::formulas::nll::token_mean_nll;
+use super::formulas::nll;
 use super::formulas::{margin, squared};
 use super::{LossOutput, PreferenceLoss};
 use crate::batch::PairedBatch;
@@ -269,7 +269,7 @@ impl PreferenceLoss for CpoLoss {
         let beta = self.beta;
         let eps = self.label_smoothing;
         // The same per-pair functions as the DPO family's (one implementation per formula).
-        let mut losses = match self.loss_type {
+        let losses = match self.loss_type {
             CpoLossType::Sigmoid => margin::sigmoid(x.mul_scalar(beta), eps),
             CpoLossType::Simpo | CpoLossType::Alphapo => {
                 margin::sigmoid(x.mul_scalar(beta).sub_scalar(self.simpo_gamma), eps)
@@ -277,26 +277,27 @@ impl PreferenceLoss for CpoLoss {
             CpoLossType::Hinge => margin::hinge(x.mul_scalar(beta)),
             CpoLossType::Ipo => squared::ipo(x, 1.0 / (2.0 * beta)),
         };
-        let device = losses.device();
-        let nll = if self.cpo_alpha == 0.0 {
-            Tensor::<1>::zeros([1], &device)
+        let (term, nll) = if self.cpo_alpha == 0.0 {
+            // TRL logs an NLL of 0 when the term is off.
+            let zero = Tensor::<1>::zeros([1], &losses.device());
+            (None, Metric::mean(zero))
         } else {
             let why = "the NLL term reads the chosen completions' tokens: build the batch with \
                        `PairedBatch::from_output` from a gatherer with `return_token_logps`, or \
                        set `cpo_alpha = 0`";
             let side = batch.policy_tokens("CPO", why)?;
             let token = side.token_logps("CPO", why)?;
-            let nll = token_mean_nll(
+            let (term, nll) = nll::term(
                 token.narrow(0, 0, pairs),
                 side.valid.clone().narrow(0, 0, pairs),
+                self.cpo_alpha,
             )?;
-            losses = losses.add(nll.clone().mul_scalar(self.cpo_alpha).expand([pairs]));
-            nll
+            (Some(term), nll)
         };
         let rewards = rewards.detach().mul_scalar(beta);
         let ranking = batch.ranking();
-        let metrics = trl::paired(rewards, logps, &ranking).with("nll_loss", Metric::mean(nll));
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        let metrics = trl::paired(rewards, logps, &ranking).with("nll_loss", nll);
+        Ok(LossOutput::new(losses, term, batch.reduction(), metrics))
     }
 }
 

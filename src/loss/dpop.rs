@@ -111,6 +111,6 @@ impl PreferenceLoss for DpopLoss {
         let losses = ranking.mean_over_pairs(margin::sigmoid(z, 0.0));
         let rewards = ratios.detach().mul_scalar(self.beta);
         let metrics = trl::paired_batch(&batch, rewards, batch.policy.clone(), &ranking);
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{LossOutput, PreferenceLoss};
-use crate::batch::UnpairedBatch;
+use crate::batch::{StepTotals, UnpairedBatch};
 use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::metrics::{Metric, Metrics, trl};
@@ -156,6 +156,31 @@ pub struct KtoLoss {
     value_checks: bool,
 }
 
+impl KtoLoss {
+    /// The KL log-ratios `log π − log π_ref` of the batch's KL pairs as a sum and a count
+    /// (detached): merge them across the micro-batches and devices of a step (add the sums and
+    /// the counts, or all-reduce them), then give every micro-batch
+    /// [`kto_reference_point`] of the merged statistic with
+    /// [`UnpairedBatch::with_reference_point`], so that `z` is the step's, not each
+    /// micro-batch's.
+    ///
+    /// # Errors
+    /// [`PreferenceError::MissingInput`] without KL pairs.
+    pub fn kl_statistic(&self, batch: &UnpairedBatch) -> error::Result<Metric> {
+        let (policy, reference) = batch.kl.clone().ok_or(PreferenceError::MissingInput {
+            loss: "KTO",
+            arg: "KL pairs (UnpairedBatch::with_kl)",
+            why: "the reference point z is the KL estimated on mismatched pairs",
+        })?;
+        Ok(Metric::mean(policy.sub(reference)))
+    }
+}
+
+/// KTO's reference point `z = max(0, KL)` `[1]` from a (merged) [`KtoLoss::kl_statistic`].
+pub fn kto_reference_point(kl: &Metric) -> Tensor<1> {
+    kl.value().clamp_min(0.0).detach()
+}
+
 impl PreferenceLoss for KtoLoss {
     type Batch = UnpairedBatch;
 
@@ -170,15 +195,18 @@ impl PreferenceLoss for KtoLoss {
             batch.check_values()?;
         }
         let device = ratios.device();
-        let kl = match (self.loss_type, &batch.kl) {
-            (KtoLossType::ApoZeroUnpaired, _) => Tensor::<1>::zeros([1], &device),
-            (KtoLossType::Kto, Some((policy, reference))) => policy
-                .clone()
-                .sub(reference.clone())
-                .mean()
-                .clamp_min(0.0)
-                .detach(),
-            (KtoLossType::Kto, None) => {
+        let kl = match (self.loss_type, &batch.reference_point, &batch.kl) {
+            (KtoLossType::ApoZeroUnpaired, _, _) => Tensor::<1>::zeros([1], &device),
+            (KtoLossType::Kto, Some(z), _) => z.clone(),
+            (KtoLossType::Kto, None, Some(_)) if batch.step.is_some() => {
+                return Err(StepTotals::refuse(
+                    "KTO",
+                    "with step totals, the step's reference point: merge every micro-batch's \
+                     `KtoLoss::kl_statistic` and give each `with_reference_point`",
+                ));
+            }
+            (KtoLossType::Kto, None, Some(_)) => kto_reference_point(&self.kl_statistic(&batch)?),
+            (KtoLossType::Kto, None, None) => {
                 return Err(PreferenceError::MissingInput {
                     loss: "KTO",
                     arg: "KL pairs (UnpairedBatch::with_kl)",
@@ -205,7 +233,7 @@ impl PreferenceLoss for KtoLoss {
                 mask,
                 batch.tokens.as_deref(),
             ));
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }
 

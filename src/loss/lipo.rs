@@ -162,6 +162,6 @@ impl PreferenceLoss for LipoLoss {
             batch.policy.clone(),
             &ranking,
         );
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

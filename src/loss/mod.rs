@@ -110,7 +110,7 @@ pub use dpo::{DpoConfig, DpoLoss, DpoLossType};
 pub use dpop::{DpopConfig, DpopLoss};
 pub use formulas::divergence::FDivergence;
 pub use formulas::nll::token_mean_nll;
-pub use kto::{KlSequence, KtoConfig, KtoLoss, KtoLossType, kl_pairs};
+pub use kto::{KlSequence, KtoConfig, KtoLoss, KtoLossType, kl_pairs, kto_reference_point};
 pub use lipo::{LIPO_MAX_GRADE, LipoConfig, LipoLoss};
 pub use odpo::{OdpoConfig, OdpoLoss, odpo_offsets};
 pub use orpo::{ORPO_MAX_LOGP, OrpoConfig, OrpoLoss};
@@ -122,6 +122,7 @@ pub use simper::{SimperConfig, SimperLoss};
 
 use burn::tensor::Tensor;
 
+use crate::batch::Reduction;
 use crate::error::Result;
 use crate::metrics::Metrics;
 
@@ -176,16 +177,50 @@ pub struct LossOutput {
 }
 
 impl LossOutput {
-    /// The output of per-example `losses`, reduced by their mean or, with `weights`, by the
-    /// weighted mean `Σ w·l / Σ w`.
-    pub(crate) fn new(losses: Tensor<1>, weights: Option<Tensor<1>>, metrics: Metrics) -> Self {
-        let loss = match weights {
-            None => losses.clone().mean(),
+    /// The output of a batch's per-example losses `examples [N]` and its token-mean term, if
+    /// any: `losses = examples + weight·(the term's mean over this batch)`, and `loss` their
+    /// (weighted) mean — or, for a micro-batch of a larger step, the step's share
+    /// `Σ w·examples / step.examples + weight·Σ term / step.nll_tokens`.
+    pub(crate) fn new(
+        examples: Tensor<1>,
+        term: Option<TokenTerm>,
+        reduction: Reduction,
+        metrics: Metrics,
+    ) -> Self {
+        let [rows] = examples.dims();
+        let losses = match &term {
+            None => examples.clone(),
+            Some(term) => {
+                let mean = term.sum.clone().div(term.count.clone().clamp_min(1.0));
+                examples
+                    .clone()
+                    .add(mean.mul_scalar(term.weight).expand([rows]))
+            }
+        };
+        // Σ w·values, a zero weight dropping its value even when it is inf or NaN (0·inf).
+        let weighted_sum = |values: Tensor<1>| match &reduction.weights {
+            None => values.sum(),
             Some(weights) => {
-                // A zero weight drops its example even when its loss is inf or NaN (0·inf).
                 let dropped = weights.clone().equal_elem(0.0);
-                let weighted = losses.clone().mask_fill(dropped, 0.0).mul(weights.clone());
-                weighted.sum().div(weights.sum())
+                values.mask_fill(dropped, 0.0).mul(weights.clone()).sum()
+            }
+        };
+        let loss = match (reduction.step, term) {
+            (None, _) => {
+                let total = match &reduction.weights {
+                    None => Tensor::full([1], rows as f64, &losses.device()),
+                    Some(weights) => weights.clone().sum(),
+                };
+                weighted_sum(losses.clone()).div(total)
+            }
+            (Some(step), term) => {
+                let share = weighted_sum(examples).div_scalar(step.examples);
+                match term {
+                    None => share,
+                    Some(term) => {
+                        share.add(term.sum.mul_scalar(term.weight / step.nll_tokens.max(1.0)))
+                    }
+                }
             }
         };
         Self {
@@ -194,4 +229,12 @@ impl LossOutput {
             metrics,
         }
     }
+}
+
+/// A token-mean term of the whole batch (the NLL of CPO, ORPO and `sft`): its sum and token
+/// count over this batch `[1]` each, and its weight in the loss.
+pub(crate) struct TokenTerm {
+    pub(crate) sum: Tensor<1>,
+    pub(crate) count: Tensor<1>,
+    pub(crate) weight: f64,
 }

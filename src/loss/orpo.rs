@@ -3,7 +3,7 @@
 
 use burn::tensor::Tensor;
 
-use super::formulas::nll::token_mean_nll;
+use super::formulas::nll;
 use super::{LossOutput, PreferenceLoss};
 use crate::batch::{PairedBatch, pairs_of};
 use crate::check;
@@ -154,20 +154,23 @@ impl PreferenceLoss for OrpoLoss {
             .sub(rejected.clone())
             .sub(odds(chosen).sub(odds(rejected)));
         let ratios = log_sigmoid(log_odds.clone());
-        let nll = token_mean_nll(
+        let (term, nll) = nll::term(
             token.narrow(0, 0, pairs),
             side.valid.clone().narrow(0, 0, pairs),
+            1.0,
         )?;
-        let losses = ratios
-            .clone()
-            .mul_scalar(-self.beta)
-            .add(nll.clone().expand([pairs]));
+        let losses = ratios.clone().mul_scalar(-self.beta);
         let rewards = logps.clone().detach().mul_scalar(self.beta);
         let metrics = trl::paired(rewards, logps, &batch.ranking())
-            .with("nll_loss", Metric::mean(nll))
+            .with("nll_loss", nll)
             .with("log_odds_ratio", Metric::mean(ratios))
             .with("log_odds_chosen", Metric::mean(log_odds));
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(
+            losses,
+            Some(term),
+            batch.reduction(),
+            metrics,
+        ))
     }
 }
 

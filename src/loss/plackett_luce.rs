@@ -131,6 +131,6 @@ impl PreferenceLoss for PlackettLuceLoss {
             batch.policy.clone(),
             &ranking,
         );
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

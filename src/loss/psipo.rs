@@ -187,6 +187,6 @@ impl PreferenceLoss for PsiPoLoss {
         let losses = ranking.mean_over_pairs(pair_losses);
         let rewards = ratios.detach().mul_scalar(self.beta);
         let metrics = trl::paired_batch(&batch, rewards, batch.policy.clone(), &ranking);
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

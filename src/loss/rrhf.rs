@@ -125,6 +125,6 @@ impl PreferenceLoss for RrhfLoss {
             .mul_scalar(self.rank_weight)
             .add(fine_tune.mul_scalar(self.ft_weight));
         let metrics = trl::paired_batch(&batch, scores.detach(), sums, &ranking);
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

@@ -92,6 +92,6 @@ impl PreferenceLoss for SimperLoss {
             batch.policy.clone(),
             &ranking,
         );
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

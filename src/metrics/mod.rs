@@ -53,7 +53,9 @@ impl Metric {
         self.sum.clone().div(self.count.clone())
     }
 
-    fn add(self, other: Metric) -> Self {
+    /// This metric and `other` together: the sums and the counts added (on this metric's
+    /// device). How the metrics of micro-batches and devices combine exactly.
+    pub fn merge(self, other: Metric) -> Self {
         let device = self.sum.device();
         Self {
             sum: self.sum.add(other.sum.to_device(&device)),
@@ -101,7 +103,7 @@ impl Metrics {
         match self.entries.iter().position(|(n, _)| *n == name) {
             Some(i) => {
                 let (_, old) = self.entries.remove(i);
-                self.entries.insert(i, (name, old.add(metric)));
+                self.entries.insert(i, (name, old.merge(metric)));
             }
             None => self.entries.push((name, metric)),
         }

@@ -5,10 +5,10 @@ use burn::tensor::{Bool, Tensor};
 
 use super::{DpoConfig, DpoLossType};
 use crate::batch::ranking::Ranking;
-use crate::batch::{PairedBatch, pairs_of};
+use crate::batch::{PairedBatch, StepTotals, pairs_of};
 use crate::error::{self, PreferenceError};
 use crate::loss::formulas::{anchored, aot, margin, nll, squared};
-use crate::loss::{LossOutput, PreferenceLoss};
+use crate::loss::{LossOutput, PreferenceLoss, TokenTerm};
 use crate::metrics::trl;
 
 /// TRL 1.16's `DPOTrainer` loss, built by [`DpoConfig::init`].
@@ -256,18 +256,9 @@ impl DpoLoss {
                 aot::aot_unpaired(c, r, beta, eps)
             }
             DpoLossType::Sft => {
-                let why = "`sft` is the NLL of the chosen completions' tokens: build the batch \
-                           with `PairedBatch::from_output` from a gatherer with \
-                           `return_token_logps`";
-                let side = inputs.batch.policy_tokens("sft", why)?;
-                let tokens = side.token_logps("sft", why)?;
-                let rows = inputs.batch.prompts();
-                let nll = nll::token_mean_nll(
-                    tokens.narrow(0, 0, rows),
-                    side.valid.clone().narrow(0, 0, rows),
-                )?;
-                // TRL expands the batch scalar to every pair, so WPO weights and the
-                // reduction treat it like the per-pair losses.
+                // With WPO weights TRL weighs the batch's NLL, expanded to every pair.
+                let term = sft_term(inputs.batch, 1.0)?;
+                let nll = term.sum.div(term.count.clamp_min(1.0));
                 Tensor::ones([inputs.batch.prompts()], &nll.device()).mul(nll)
             }
         })
@@ -361,7 +352,29 @@ impl PreferenceLoss for DpoLoss {
             None
         };
         let mut losses = Tensor::<1>::zeros([batch.prompts()], &batch.policy.device());
+        let mut term = None;
         for (loss_type, weight) in self.config.loss_type.iter().zip(&self.weights) {
+            if *loss_type == DpoLossType::Sft && wpo.is_none() {
+                // A token mean of the whole batch, not a per-pair loss: kept apart so that a
+                // step's micro-batches divide it by the step's tokens.
+                term = Some(sft_term(&batch, *weight)?);
+                continue;
+            }
+            if *loss_type == DpoLossType::Sft && batch.step.is_some() {
+                return Err(StepTotals::refuse(
+                    "`sft` with WPO",
+                    "no step totals: WPO's weights times `sft`'s token mean is a product of two \
+                     batch means, which no step total splits",
+                ));
+            }
+            let sorts = matches!(loss_type, DpoLossType::Aot | DpoLossType::AotUnpaired);
+            if sorts && batch.step.is_some() {
+                return Err(StepTotals::refuse(
+                    "`aot` / `aot_unpaired`",
+                    "no step totals: AOT sorts the margins of the whole batch, which no step \
+                     total splits; run each step as one batch",
+                ));
+            }
             let mut part = self.per_prompt(*loss_type, &inputs)?;
             if let Some(w) = &wpo {
                 part = part.mul(w.clone());
@@ -370,8 +383,23 @@ impl PreferenceLoss for DpoLoss {
         }
         let rewards = ratios.detach().mul_scalar(self.config.beta);
         let metrics = trl::paired_batch(&batch, rewards, policy, &inputs.ranking);
-        Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
+        Ok(LossOutput::new(losses, term, batch.reduction(), metrics))
     }
+}
+
+/// `sft`: the NLL of the chosen completions' tokens, weighted by `weight`.
+fn sft_term(batch: &PairedBatch, weight: f64) -> error::Result<TokenTerm> {
+    let why = "`sft` is the NLL of the chosen completions' tokens: build the batch with \
+               `PairedBatch::from_output` from a gatherer with `return_token_logps`";
+    let side = batch.policy_tokens("sft", why)?;
+    let tokens = side.token_logps("sft", why)?;
+    let rows = batch.prompts();
+    let (term, _) = nll::term(
+        tokens.narrow(0, 0, rows),
+        side.valid.clone().narrow(0, 0, rows),
+        weight,
+    )?;
+    Ok(term)
 }
 
 /// `[B, 2]` → the chosen and rejected columns `[B]`.

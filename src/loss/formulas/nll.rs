@@ -8,6 +8,8 @@ use burn::tensor::{Bool, Tensor};
 
 use crate::check;
 use crate::error;
+use crate::loss::TokenTerm;
+use crate::metrics::Metric;
 
 /// The NLL of the chosen tokens as a token mean over the whole batch, PyTorch's
 /// `CrossEntropyLoss()` with `ignore_index` (what TRL's CPO and ORPO trainers add):
@@ -47,6 +49,16 @@ use crate::error;
 /// [`PreferenceError::Empty`](crate::PreferenceError::Empty) for `B = 0`, [`PreferenceError::DeviceMismatch`](crate::PreferenceError::DeviceMismatch) when the two
 /// live on different devices.
 pub fn token_mean_nll(token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> error::Result<Tensor<1>> {
+    let (total, count) = token_nll_sum(token_logps, mask)?;
+    Ok(total.div(count.clamp_min(1.0)))
+}
+
+/// The NLL summed over the masked-in tokens and their count `[1]` each: the parts of
+/// [`token_mean_nll`] that add up across micro-batches. Errors as [`token_mean_nll`].
+pub(crate) fn token_nll_sum(
+    token_logps: Tensor<2>,
+    mask: Tensor<2, Bool>,
+) -> error::Result<(Tensor<1>, Tensor<1>)> {
     let dims = token_logps.dims();
     check::non_empty("token_logps", dims[0])?;
     check::same_device(&[
@@ -59,7 +71,20 @@ pub fn token_mean_nll(token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> error::R
         dims.map(Some),
         "token_logps' shape [B, T']",
     )?;
-    let count = mask.clone().float().sum().clamp_min(1.0);
-    let total = token_logps.mask_fill(mask.bool_not(), 0.0).sum();
-    Ok(total.neg().div(count))
+    let count = mask.clone().float().sum();
+    let total = token_logps.mask_fill(mask.bool_not(), 0.0).sum().neg();
+    Ok((total, count))
+}
+
+/// The NLL term of a loss, weighted by `weight`, from the chosen rows' per-token log-probs and
+/// the tokens that count; its metric `nll_loss` is the token mean (a sum and a count, so that
+/// micro-batches merge exactly).
+pub(crate) fn term(
+    token_logps: Tensor<2>,
+    mask: Tensor<2, Bool>,
+    weight: f64,
+) -> error::Result<(TokenTerm, Metric)> {
+    let (sum, count) = token_nll_sum(token_logps, mask)?;
+    let metric = Metric::new(sum.clone(), count.clone());
+    Ok((TokenTerm { sum, count, weight }, metric))
 }
