@@ -159,9 +159,10 @@ pub(crate) fn finite_values<const D: usize>(
     Ok(values)
 }
 
-/// Rejects example weights that are negative, not finite, or all 0 (the weighted mean would
+/// Rejects example weights that are negative, not finite, or — unless the batch is part of a
+/// larger step (`in_step`), whose total divides instead — all 0 (the weighted mean would
 /// divide by 0); one read.
-pub(crate) fn weights(arg: &'static str, weights: Tensor<1>) -> Result<()> {
+pub(crate) fn weights(arg: &'static str, weights: Tensor<1>, in_step: bool) -> Result<()> {
     let values = read_floats(arg, weights)?;
     all_finite(arg, &values, &[values.len()])?;
     if let Some(bad) = values.iter().find(|w| **w < 0.0) {
@@ -171,7 +172,7 @@ pub(crate) fn weights(arg: &'static str, weights: Tensor<1>) -> Result<()> {
             found: bad.to_string(),
         });
     }
-    if values.iter().all(|w| *w == 0.0) {
+    if !in_step && values.iter().all(|w| *w == 0.0) {
         return Err(PreferenceError::InvalidValue {
             arg,
             expected: "at least one weight > 0",

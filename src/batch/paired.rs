@@ -363,7 +363,7 @@ impl PairedBatch {
             }
         }
         if let Some(weights) = &self.weights {
-            check::weights("weights", weights.clone())?;
+            check::weights("weights", weights.clone(), self.step.is_some())?;
         }
         if let Some(offsets) = &self.offsets {
             let values = check::read_floats("offsets", offsets.clone())?;

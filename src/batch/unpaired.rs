@@ -261,7 +261,7 @@ impl UnpairedBatch {
             check::all_finite(arg, &values, &[values.len()])?;
         }
         if let Some(weights) = &self.weights {
-            check::weights("weights", weights.clone())?;
+            check::weights("weights", weights.clone(), self.step.is_some())?;
         }
         Ok(())
     }

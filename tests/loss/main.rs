@@ -18,6 +18,7 @@ mod orpo;
 mod psipo;
 mod rrhf;
 mod stability;
+mod step;
 mod trl_dpo;
 mod value_checks;
 mod zoo;
