@@ -129,7 +129,10 @@ impl BetaDpoState {
     /// `(M₀, σ)` `[1]` each on `device` (0 before the first update).
     pub fn moments(&self, device: &Device) -> (Tensor<1>, Tensor<1>) {
         match &self.moments {
-            Some((mean, std)) => (mean.clone().to_device(device), std.clone().to_device(device)),
+            Some((mean, std)) => (
+                mean.clone().to_device(device),
+                std.clone().to_device(device),
+            ),
             None => (Tensor::zeros([1], device), Tensor::zeros([1], device)),
         }
     }

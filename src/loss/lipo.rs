@@ -142,7 +142,10 @@ impl PreferenceLoss for LipoLoss {
         let ratios = batch.log_ratios("LiPO", self.reference_free)?;
         let ranking = batch.ranking();
         let rewards = ratios.clone().mul_scalar(self.beta);
-        let gains = grades.mul_scalar(std::f64::consts::LN_2).exp().sub_scalar(1.0);
+        let gains = grades
+            .mul_scalar(std::f64::consts::LN_2)
+            .exp()
+            .sub_scalar(1.0);
         let discounts = ranks(rewards.clone().detach())
             .add_scalar(1.0)
             .log()

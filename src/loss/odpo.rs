@@ -68,7 +68,12 @@ pub fn odpo_offsets(
         ("rejected_scores", rejected_scores.device()),
     ])?;
     let [rows] = chosen_scores.dims();
-    check::batch("rejected_scores", rejected_scores.dims()[0], "chosen_scores", rows)?;
+    check::batch(
+        "rejected_scores",
+        rejected_scores.dims()[0],
+        "chosen_scores",
+        rows,
+    )?;
     Ok(chosen_scores
         .sub(rejected_scores)
         .detach()

@@ -134,4 +134,3 @@ impl PreferenceLoss for PlackettLuceLoss {
         Ok(LossOutput::new(losses, batch.weights.clone(), metrics))
     }
 }
-
