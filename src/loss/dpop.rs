@@ -97,16 +97,21 @@ impl PreferenceLoss for DpopLoss {
         let ratios = batch.log_ratios("DPOP", false)?;
         let ranking = batch.ranking();
         let [prompts, candidates] = ratios.dims();
-        // The winner's penalty, broadcast over its row of ordered pairs.
+        // The winner's penalty, broadcast over its row of ordered pairs and zeroed off them by
+        // a mask, not a product: the penalty of a −inf log-ratio is inf, and inf·0 = NaN off
+        // the pairs would reach the gradient through the loss (as `Ranking::margins` says).
+        let outside = ranking.beats.clone().equal_elem(0.0);
         let penalty = ratios
             .clone()
             .neg()
             .clamp_min(0.0)
             .mul_scalar(self.lambda)
-            .reshape([prompts, candidates, 1]);
+            .reshape([prompts, candidates, 1])
+            .expand([prompts, candidates, candidates])
+            .mask_fill(outside, 0.0);
         let z = ranking
             .margins(ratios.clone())
-            .sub(penalty.mul(ranking.beats.clone()))
+            .sub(penalty)
             .mul_scalar(self.beta);
         let losses = ranking.mean_over_pairs(margin::sigmoid(z, 0.0));
         let rewards = ratios.detach().mul_scalar(self.beta);

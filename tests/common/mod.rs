@@ -2,9 +2,10 @@
 //!
 //! Tests are written once over `devices()`; the device is a parameter, not a copy. Helpers
 //! that several test files need live in the submodules: deterministic inputs ([`inputs`]),
-//! `f64` references ([`reference`]), the fused op's path counters ([`paths`]), the gatherer
-//! options shared by the log-prob tests ([`gatherer`]) and gatherer outputs for the loss tests
-//! ([`gathered`]), the TRL fixtures ([`trl_fixture`]) and the bad-input matrix ([`cases`]).
+//! `f64` references ([`reference`]), ranked batches for the listwise losses ([`ranked`]), the
+//! fused op's path counters ([`paths`]), the gatherer options shared by the log-prob tests
+//! ([`gatherer`]) and gatherer outputs for the loss tests ([`gathered`]), the TRL fixtures
+//! ([`trl_fixture`]) and the bad-input matrix ([`cases`]).
 #![allow(dead_code)]
 
 pub mod cases;
@@ -12,6 +13,7 @@ pub mod gathered;
 pub mod gatherer;
 pub mod inputs;
 pub mod paths;
+pub mod ranked;
 pub mod reference;
 pub mod trl_fixture;
 
@@ -48,6 +50,20 @@ pub fn autodiff_devices() -> Vec<(&'static str, Device)> {
         .into_iter()
         .map(|(name, device)| (name, device.autodiff()))
         .collect()
+}
+
+/// The autodiff devices on the host's own CPU backends (flex, ndarray), or every autodiff
+/// device when neither is compiled in: where a randomized property runs its many cases. A
+/// forward and backward on wgpu costs ~0.1 s on CI's lavapipe, so the tests that run there too
+/// check fixed, rich batches instead.
+pub fn cpu_autodiff_devices() -> Vec<(&'static str, Device)> {
+    let all = autodiff_devices();
+    let cpu: Vec<_> = all
+        .iter()
+        .filter(|(name, _)| matches!(*name, "flex" | "ndarray"))
+        .cloned()
+        .collect();
+    if cpu.is_empty() { all } else { cpu }
 }
 
 pub fn floats<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {

@@ -8,11 +8,14 @@ use std::str::FromStr;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_preference::logps::SequenceLogpsOutput;
 use burn_preference::loss::{
-    BcoConfig, BcoState, CpoConfig, CpoLossType, DpoConfig, DpoLossType, FDivergence, KtoConfig,
-    KtoLossType, OrpoConfig, PreferenceLoss, Psi, PsiPoConfig, RrhfConfig, kl_pairs,
-    token_mean_nll,
+    BcoConfig, BcoState, BetaDpoConfig, BetaDpoState, CpoConfig, CpoLossType, DpoConfig,
+    DpoLossType, DpopConfig, FDivergence, KtoConfig, KtoLossType, LipoConfig, OdpoConfig,
+    OrpoConfig, PlackettLuceConfig, PreferenceLoss, Psi, PsiPoConfig, RdpoConfig, RrhfConfig,
+    SimperConfig, kl_pairs, odpo_offsets, token_mean_nll,
 };
-use burn_preference::prelude::{BatchLayout, PairedBatch, SequenceLogpsConfig, UnpairedBatch};
+use burn_preference::prelude::{
+    BatchLayout, LogpReduction, PairedBatch, SequenceLogpsConfig, UnpairedBatch,
+};
 
 use crate::common::cases::{
     Case, INPUT_VARIANTS, assert_covers, case, check_cases, device_pairs, f1, f2, zeros3,
@@ -273,6 +276,134 @@ fn option_cases() -> Vec<Case> {
     ]
 }
 
+/// The configurations of DPOP, R-DPO, ODPO, Plackett–Luce, LiPO and β-DPO (SimPER has no
+/// hyperparameter): every key outside its range names itself.
+fn listwise_config_cases() -> Vec<Case> {
+    let beta_dpo = BetaDpoConfig::new;
+    vec![
+        case(
+            "DPOP: beta 0",
+            DpopConfig::new().with_beta(0.0).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "DPOP: lambda < 0",
+            DpopConfig::new().with_lambda(-1.0).init(),
+            "OutOfRange",
+            "lambda",
+        ),
+        case(
+            "DPOP: lambda NaN",
+            DpopConfig::new().with_lambda(f64::NAN).init(),
+            "OutOfRange",
+            "lambda",
+        ),
+        case(
+            "DPOP: lambda 1e9",
+            DpopConfig::new().with_lambda(1e9).init(),
+            "OutOfRange",
+            "lambda",
+        ),
+        case(
+            "R-DPO: beta NaN",
+            RdpoConfig::new().with_beta(f64::NAN).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "R-DPO: alpha < 0",
+            RdpoConfig::new().with_alpha(-0.01).init(),
+            "OutOfRange",
+            "alpha",
+        ),
+        case(
+            "R-DPO: alpha inf",
+            RdpoConfig::new().with_alpha(f64::INFINITY).init(),
+            "OutOfRange",
+            "alpha",
+        ),
+        case(
+            "ODPO: beta 1e39",
+            OdpoConfig::new().with_beta(1e39).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "ODPO: alpha NaN",
+            OdpoConfig::new().with_alpha(f64::NAN).init(),
+            "OutOfRange",
+            "alpha",
+        ),
+        case(
+            "ODPO: alpha < 0",
+            OdpoConfig::new().with_alpha(-1.0).init(),
+            "OutOfRange",
+            "alpha",
+        ),
+        case(
+            "Plackett-Luce: beta 0",
+            PlackettLuceConfig::new().with_beta(0.0).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "Plackett-Luce: beta 1e-20",
+            PlackettLuceConfig::new().with_beta(1e-20).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "LiPO: beta inf",
+            LipoConfig::new().with_beta(f64::INFINITY).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "β-DPO: beta < 0",
+            beta_dpo().with_beta(-0.1).init(),
+            "OutOfRange",
+            "beta",
+        ),
+        case(
+            "β-DPO: alpha < 0",
+            beta_dpo().with_alpha(-0.6).init(),
+            "OutOfRange",
+            "alpha",
+        ),
+        case(
+            "β-DPO: filter_ratio 1",
+            beta_dpo().with_filter_ratio(1.0).init(),
+            "OutOfRange",
+            "filter_ratio",
+        ),
+        case(
+            "β-DPO: filter_ratio < 0",
+            beta_dpo().with_filter_ratio(-0.1).init(),
+            "OutOfRange",
+            "filter_ratio",
+        ),
+        case(
+            "β-DPO: filter_ratio NaN",
+            beta_dpo().with_filter_ratio(f64::NAN).init(),
+            "OutOfRange",
+            "filter_ratio",
+        ),
+        case(
+            "β-DPO: momentum 1",
+            beta_dpo().with_momentum(1.0).init(),
+            "OutOfRange",
+            "momentum",
+        ),
+        case(
+            "β-DPO: momentum < 0",
+            beta_dpo().with_momentum(-0.5).init(),
+            "OutOfRange",
+            "momentum",
+        ),
+    ]
+}
+
 /// A gatherer's output over `2B` rows of uniform logits over V = 5 (labels 1..4 after the
 /// shift), as sums only or with per-token log-probs.
 fn gathered(device: &Device, tokens: bool) -> SequenceLogpsOutput {
@@ -467,17 +598,340 @@ fn loss_cases(device: &Device) -> Vec<Case> {
     ]
 }
 
+/// DPOP, R-DPO, ODPO, Plackett–Luce, LiPO, SimPER and β-DPO missing an input they need or
+/// given values they refuse, and example weights the value checks refuse.
+fn listwise_loss_cases(device: &Device) -> Vec<Case> {
+    let v = |values: &[f32]| f1(values, device);
+    let m = |values: &[f32], dims: [usize; 2]| f2(values, dims, device);
+    let pair = || PairedBatch::new(m(&[-1.0, -3.0, -2.0, -4.0], [2, 2])).expect("a valid pair");
+    let referenced = || {
+        pair()
+            .with_reference(m(&[-2.0; 4], [2, 2]))
+            .expect("a reference [B, K]")
+    };
+    let soft = || referenced().with_soft_labels(v(&[0.5, 1.0]));
+    let lengths = |b: PairedBatch| b.with_lengths(m(&[3.0, 4.0, 5.0, 6.0], [2, 2]));
+    let list = || PairedBatch::new(m(&[-1.0, -2.0, -3.0], [1, 3])).expect("a valid list");
+    let graded = |grades: &[f32]| {
+        list()
+            .with_reference(m(&[-2.0; 3], [1, 3]))
+            .and_then(|b| b.with_scores(m(grades, [1, 3])))
+    };
+    let weighted = |weights: &[f32]| referenced().with_weights(v(weights));
+    let unpaired_weighted = |weights: &[f32]| {
+        UnpairedBatch::new(
+            v(&[-1.0, -2.0]),
+            Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), device),
+        )
+        .and_then(|b| b.with_reference(v(&[-1.5, -1.5])))
+        .and_then(|b| b.with_weights(v(weights)))
+    };
+    let mean_logps = SequenceLogpsConfig::new()
+        .with_reduction(LogpReduction::Mean)
+        .init()
+        .expect("config")
+        .forward(
+            zeros3([2, 4, 5], device),
+            ints(vec![-100, 1, 2, 3, -100, 4, 3, 2], [2, 4], device),
+            None,
+        )
+        .expect("valid input");
+    let dpop = || DpopConfig::new().init().expect("config");
+    let rdpo = || RdpoConfig::new().init().expect("config");
+    let odpo = || OdpoConfig::new().init().expect("config");
+    let pl = || PlackettLuceConfig::new().init().expect("config");
+    let lipo = || LipoConfig::new().init().expect("config");
+    let simper = || SimperConfig::new().init().expect("config");
+    let beta_dpo = || BetaDpoConfig::new().init().expect("config");
+    let train = |b: PairedBatch| beta_dpo().forward_train(b, &mut BetaDpoState::new());
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    vec![
+        case(
+            "DPOP without a reference",
+            dpop().forward(pair()),
+            "MissingInput",
+            "reference",
+        ),
+        case(
+            "R-DPO without lengths",
+            rdpo().forward(referenced()),
+            "MissingInput",
+            "lengths",
+        ),
+        case(
+            "SimPER without lengths",
+            simper().forward(pair()),
+            "MissingInput",
+            "lengths",
+        ),
+        case(
+            "SimPER on mean log-probs",
+            PairedBatch::from_output(mean_logps, BatchLayout::ChosenFirst { pairs: 1 })
+                .and_then(|b| simper().forward(b)),
+            "InvalidValue",
+            "policy",
+        ),
+        case(
+            "ODPO without offsets or scores",
+            odpo().forward(referenced()),
+            "MissingInput",
+            "offsets",
+        ),
+        case(
+            "ODPO: offsets on a ranked list",
+            list().with_offsets(v(&[0.5])),
+            "Shape",
+            "policy",
+        ),
+        case(
+            "ODPO: offsets of another length",
+            pair().with_offsets(v(&[0.5])),
+            "BatchMismatch",
+            "offsets",
+        ),
+        case(
+            "ODPO: a NaN offset",
+            referenced()
+                .with_offsets(v(&[0.5, nan]))
+                .and_then(|b| odpo().forward(b)),
+            "NonFinite",
+            "offsets",
+        ),
+        case(
+            "odpo_offsets: alpha < 0",
+            odpo_offsets(v(&[2.0]), v(&[1.0]), -1.0),
+            "OutOfRange",
+            "alpha",
+        ),
+        case(
+            "odpo_offsets: scores of two lengths",
+            odpo_offsets(v(&[2.0, 3.0]), v(&[1.0]), 1.0),
+            "BatchMismatch",
+            "rejected_scores",
+        ),
+        case(
+            "LiPO without scores",
+            lipo().forward(referenced()),
+            "MissingInput",
+            "scores",
+        ),
+        case(
+            "LiPO: a grade above 64",
+            graded(&[65.0, 1.0, 0.0]).and_then(|b| lipo().forward(b)),
+            "InvalidValue",
+            "scores",
+        ),
+        case(
+            "LiPO: an infinite grade",
+            graded(&[inf, 1.0, 0.0]).and_then(|b| lipo().forward(b)),
+            "NonFinite",
+            "scores",
+        ),
+        case(
+            "LiPO: a NaN grade",
+            graded(&[nan, 1.0, 0.0]).and_then(|b| lipo().forward(b)),
+            "InvalidValue",
+            "scores",
+        ),
+        case(
+            "DPOP with soft labels",
+            soft().and_then(|b| dpop().forward(b)),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "R-DPO with soft labels",
+            soft().and_then(lengths).and_then(|b| rdpo().forward(b)),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "ODPO with soft labels",
+            soft()
+                .and_then(|b| b.with_offsets(v(&[0.0, 0.0])))
+                .and_then(|b| odpo().forward(b)),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "Plackett-Luce with soft labels",
+            soft().and_then(|b| pl().forward(b)),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "LiPO with soft labels",
+            soft()
+                .and_then(|b| b.with_scores(m(&[1.0, 0.0, 1.0, 0.0], [2, 2])))
+                .and_then(|b| lipo().forward(b)),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "SimPER with soft labels",
+            soft().and_then(lengths).and_then(|b| simper().forward(b)),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "β-DPO with soft labels",
+            soft().and_then(|b| beta_dpo().forward(b)),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "β-DPO forward_train with soft labels",
+            soft().and_then(train),
+            "InvalidValue",
+            "soft_labels",
+        ),
+        case(
+            "β-DPO on a ranked list",
+            list().with_reference(m(&[-2.0; 3], [1, 3])).and_then(train),
+            "Shape",
+            "policy",
+        ),
+        case(
+            "β-DPO on a scored pair",
+            referenced()
+                .with_scores(m(&[0.0, 1.0, 1.0, 0.0], [2, 2]))
+                .and_then(|b| beta_dpo().forward(b)),
+            "Shape",
+            "policy",
+        ),
+        case(
+            "β-DPO forward_train without a reference",
+            train(pair()),
+            "MissingInput",
+            "reference",
+        ),
+        case(
+            "β-DPO state: no gaps",
+            BetaDpoState::new().update(v(&[]), 0.9),
+            "Empty",
+            "gaps",
+        ),
+        case(
+            "β-DPO state: momentum 1",
+            BetaDpoState::new().update(v(&[1.0]), 1.0),
+            "OutOfRange",
+            "momentum",
+        ),
+        case(
+            "weights of another length",
+            weighted(&[1.0, 1.0, 1.0]),
+            "BatchMismatch",
+            "weights",
+        ),
+        case(
+            "DPO: a negative weight",
+            weighted(&[1.0, -0.5]).and_then(|b| DpoConfig::new().init()?.forward(b)),
+            "InvalidValue",
+            "weights",
+        ),
+        case(
+            "DPOP: a NaN weight",
+            weighted(&[nan, 1.0]).and_then(|b| dpop().forward(b)),
+            "NonFinite",
+            "weights",
+        ),
+        case(
+            "Plackett-Luce: an infinite weight",
+            weighted(&[1.0, inf]).and_then(|b| pl().forward(b)),
+            "NonFinite",
+            "weights",
+        ),
+        case(
+            "SimPER: all weights 0",
+            weighted(&[0.0, 0.0])
+                .and_then(lengths)
+                .and_then(|b| simper().forward(b)),
+            "InvalidValue",
+            "weights",
+        ),
+        case(
+            "β-DPO forward_train: a negative weight",
+            weighted(&[-1.0, 1.0]).and_then(train),
+            "InvalidValue",
+            "weights",
+        ),
+        case(
+            "β-DPO forward_train: all weights 0",
+            weighted(&[0.0, 0.0]).and_then(train),
+            "InvalidValue",
+            "weights",
+        ),
+        case(
+            "unpaired weights of another length",
+            unpaired_weighted(&[1.0]),
+            "BatchMismatch",
+            "weights",
+        ),
+        case(
+            "KTO: a negative weight",
+            unpaired_weighted(&[1.0, -1.0]).and_then(|b| {
+                KtoConfig::new()
+                    .with_loss_type(KtoLossType::ApoZeroUnpaired)
+                    .init()?
+                    .forward(b)
+            }),
+            "InvalidValue",
+            "weights",
+        ),
+        case(
+            "BCO: a NaN weight",
+            unpaired_weighted(&[nan, 1.0]).and_then(|b| {
+                BcoConfig::new()
+                    .init()?
+                    .forward_train(b, &mut BcoState::new())
+            }),
+            "NonFinite",
+            "weights",
+        ),
+        case(
+            "BCO: all weights 0",
+            unpaired_weighted(&[0.0, 0.0])
+                .and_then(|b| b.with_reward_shift(v(&[0.0])))
+                .and_then(|b| BcoConfig::new().init()?.forward(b)),
+            "InvalidValue",
+            "weights",
+        ),
+    ]
+}
+
 /// Tensors of one call on two devices (`a` fixes the device).
 fn device_cases(a: &Device, b: &Device) -> Vec<Case> {
-    vec![case(
-        "token_mean_nll: mask elsewhere",
-        token_mean_nll(
-            f2(&[-1.0, -2.0], [1, 2], a),
-            bools(vec![true, true], [1, 2], b),
+    let pair = || PairedBatch::new(f2(&[-1.0, -2.0], [1, 2], a)).expect("a valid pair");
+    vec![
+        case(
+            "token_mean_nll: mask elsewhere",
+            token_mean_nll(
+                f2(&[-1.0, -2.0], [1, 2], a),
+                bools(vec![true, true], [1, 2], b),
+            ),
+            "DeviceMismatch",
+            "mask",
         ),
-        "DeviceMismatch",
-        "mask",
-    )]
+        case(
+            "weights elsewhere",
+            pair().with_weights(f1(&[1.0], b)),
+            "DeviceMismatch",
+            "weights",
+        ),
+        case(
+            "offsets elsewhere",
+            pair().with_offsets(f1(&[1.0], b)),
+            "DeviceMismatch",
+            "offsets",
+        ),
+        case(
+            "odpo_offsets: scores on two devices",
+            odpo_offsets(f1(&[2.0], a), f1(&[1.0], b), 1.0),
+            "DeviceMismatch",
+            "rejected_scores",
+        ),
+    ]
 }
 
 /// Every case, with unique names, returns its typed error naming the argument, on every device
@@ -487,9 +941,12 @@ fn device_cases(a: &Device, b: &Device) -> Vec<Case> {
 fn bad_inputs_get_the_typed_error_naming_the_argument() {
     let mut host = config_cases();
     host.extend(option_cases());
+    host.extend(listwise_config_cases());
     let mut checked = check_cases("config", host);
     for (name, device) in devices() {
-        checked.extend(check_cases(name, loss_cases(&device)));
+        let mut cases = loss_cases(&device);
+        cases.extend(listwise_loss_cases(&device));
+        checked.extend(check_cases(name, cases));
     }
     for (name, a, b) in device_pairs() {
         checked.extend(check_cases(&name, device_cases(&a, &b)));

@@ -201,12 +201,126 @@ fn forwards(checks: bool, device: &Device) -> Vec<(&'static str, Forward)> {
         }),
     ));
     let bco = BcoConfig::new().with_value_checks(checks).init().unwrap();
-    let device = d;
+    let device = d.clone();
     cases.push((
         "bco forward",
         Box::new(move || {
             let delta = Tensor::<1>::from_floats([0.3], &device);
             bco.forward(unpaired(&device)?.with_reward_shift(delta)?)
+        }),
+    ));
+    cases.extend(listwise_forwards(checks, &d));
+    cases
+}
+
+/// A ranked list of two prompts × three candidates with scores (LiPO's grades), gathered.
+fn ranked(device: &Device) -> burn_preference::Result<PairedBatch> {
+    let g = gather(6, 5, LogpReduction::Sum, false, device);
+    let layout = BatchLayout::PromptMajor {
+        prompts: 2,
+        candidates: 3,
+    };
+    PairedBatch::from_output(g.policy, layout)?
+        .with_reference_output(g.reference)?
+        .with_scores(floats(vec![0.5, 2.0, 1.0, 3.0, 3.0, 0.0], [2, 3], device))
+}
+
+/// One forward of each of DPOP, R-DPO, ODPO (offsets, and scores on a ranked list),
+/// Plackett–Luce, LiPO, SimPER and β-DPO (evaluation, and two training steps), and of a
+/// weighted paired and unpaired batch.
+fn listwise_forwards(checks: bool, device: &Device) -> Vec<(&'static str, Forward)> {
+    let mut cases: Vec<(&'static str, Forward)> = Vec::new();
+    let d = device;
+    let loss = DpopConfig::new().with_value_checks(checks).init().unwrap();
+    let device = d.clone();
+    cases.push((
+        "dpop",
+        Box::new(move || loss.forward(paired(pairs(&device))?)),
+    ));
+    let loss = RdpoConfig::new().with_value_checks(checks).init().unwrap();
+    let device = d.clone();
+    cases.push(("rdpo", Box::new(move || loss.forward(ranked(&device)?))));
+    let loss = OdpoConfig::new().with_value_checks(checks).init().unwrap();
+    let device = d.clone();
+    cases.push((
+        "odpo offsets",
+        Box::new(move || {
+            let offsets = floats(vec![0.2, -0.1], [2], &device);
+            loss.forward(paired(pairs(&device))?.with_offsets(offsets)?)
+        }),
+    ));
+    let device = d.clone();
+    cases.push((
+        "odpo scores",
+        Box::new(move || loss.forward(ranked(&device)?)),
+    ));
+    let loss = PlackettLuceConfig::new()
+        .with_value_checks(checks)
+        .init()
+        .unwrap();
+    let device = d.clone();
+    cases.push((
+        "plackett-luce",
+        Box::new(move || loss.forward(ranked(&device)?)),
+    ));
+    let loss = LipoConfig::new().with_value_checks(checks).init().unwrap();
+    let device = d.clone();
+    cases.push(("lipo", Box::new(move || loss.forward(ranked(&device)?))));
+    let loss = SimperConfig::new()
+        .with_value_checks(checks)
+        .init()
+        .unwrap();
+    let device = d.clone();
+    cases.push(("simper", Box::new(move || loss.forward(ranked(&device)?))));
+    let loss = BetaDpoConfig::new()
+        .with_value_checks(checks)
+        .init()
+        .unwrap();
+    let device = d.clone();
+    cases.push((
+        "beta-dpo forward",
+        Box::new(move || loss.forward(paired(pairs(&device))?)),
+    ));
+    let loss = BetaDpoConfig::new()
+        .with_value_checks(checks)
+        .init()
+        .unwrap();
+    let device = d.clone();
+    cases.push((
+        "beta-dpo forward_train",
+        Box::new(move || {
+            let mut state = BetaDpoState::new();
+            let first = loss.forward_train(paired(pairs(&device))?, &mut state)?;
+            // The second step filters with the state's statistics, on the device.
+            let second = loss.forward_train(paired(pairs(&device))?, &mut state)?;
+            Ok(LossOutput {
+                loss: first.loss.add(second.loss),
+                ..first
+            })
+        }),
+    ));
+    let loss = DpoConfig::new().with_value_checks(checks).init().unwrap();
+    let device = d.clone();
+    cases.push((
+        "dpo weighted",
+        Box::new(move || {
+            let weights = floats(vec![0.5, 2.0], [2], &device);
+            loss.forward(paired(pairs(&device))?.with_weights(weights)?)
+        }),
+    ));
+    let loss = KtoConfig::new().with_value_checks(checks).init().unwrap();
+    let device = d.clone();
+    cases.push((
+        "kto weighted",
+        Box::new(move || {
+            let g = pairs(&device);
+            let kl = gather(4, 5, LogpReduction::Sum, false, &device);
+            let weights = floats(vec![1.0, 0.0, 2.0, 0.5], [4], &device);
+            let batch = UnpairedBatch::from_output(g.policy, ints(vec![1, 0, 1, 0], [4], &device))?
+                .with_reference_output(g.reference)?
+                .with_kl(kl.policy.logps, kl.reference.logps)?
+                .with_weights(weights)?;
+            loss.forward(batch)
         }),
     ));
     cases
