@@ -201,7 +201,8 @@ impl BetaDpoState {
 /// [`forward_train`](Self::forward_train) runs the step and updates the state;
 /// [`PreferenceLoss::forward`] is the evaluation loss: DPO at β₀ on every pair. The filter
 /// drops pairs through `LossOutput`'s weights: `losses` holds every pair's loss at the batch's
-/// β and `loss` their mean over the kept pairs (times any batch weights). Metrics: TRL's, with
+/// β and `loss` their mean over the kept pairs (times any batch weights; if every kept pair
+/// has weight 0 the loss is 0/0, NaN). Metrics: TRL's, with
 /// rewards `β₀·ρ` as the paper's code logs them, plus `beta_dpo/beta` (the β used) and
 /// `beta_dpo/kept` (the fraction of pairs kept).
 ///
