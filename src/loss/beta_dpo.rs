@@ -101,7 +101,8 @@ impl BetaDpoState {
     /// from every device to keep the statistics of the whole step.
     ///
     /// # Errors
-    /// [`PreferenceError::Empty`] for no gaps; [`PreferenceError::OutOfRange`] for
+    /// [`PreferenceError::Empty`](crate::PreferenceError::Empty) for no gaps;
+    /// [`PreferenceError::OutOfRange`](crate::PreferenceError::OutOfRange) for
     /// `γ ∉ [0, 1)`.
     pub fn update(&mut self, gaps: Tensor<1>, momentum: f64) -> error::Result<()> {
         let [pairs] = gaps.dims();
@@ -145,7 +146,7 @@ impl BetaDpoState {
     /// The statistics on the host (one read each), for a checkpoint.
     ///
     /// # Errors
-    /// [`PreferenceError::Read`] when a device read fails.
+    /// [`PreferenceError::Read`](crate::PreferenceError::Read) when a device read fails.
     pub fn record(&self) -> error::Result<BetaDpoStateRecord> {
         let (gap_mean, gap_std) = match &self.moments {
             None => (0.0, 0.0),

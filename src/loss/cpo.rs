@@ -169,7 +169,7 @@ pub const ALPHAPO_MAX_SCALE: f64 = 1e30;
 /// loss = mean_b losses_b
 /// ```
 ///
-/// Rewards (metrics) are `β·r`, detached. The NLL is [`token_mean_nll`] over the chosen rows'
+/// Rewards (metrics) are `β·r`, detached. The NLL is [`token_mean_nll`](super::token_mean_nll) over the chosen rows'
 /// valid tokens (it needs the batch's per-token log-probs: a gatherer with
 /// `return_token_logps`), 0 when `cpo_alpha = 0`. Metrics: TRL's `rewards/*`, `logps/*` and
 /// `nll_loss`; TRL's `logits/chosen|rejected` (means of raw logits) are not computed: the fused
