@@ -276,6 +276,12 @@ fn every_paired_loss_sums_over_micro_batches_to_the_whole_step() {
         // Each loss once, with or without weights and with one of the splits, alternately:
         // the combinations are covered across the losses at a third of the cost.
         for (i, (name, graded, loss)) in paired_losses().into_iter().enumerate() {
+            // On a GPU device (lavapipe on CI: every new shape compiles its kernels) the losses
+            // with a token term, whose split is the one that differs; every loss on the CPUs.
+            let gpu = !matches!(device_name, "flex" | "ndarray");
+            if gpu && !name.contains("NLL") && !name.contains("sft") && name != "ORPO" {
+                continue;
+            }
             let weighted = i % 2 == 1;
             let split = SPLITS[(i / 2) % 2];
             {
