@@ -4,7 +4,7 @@
 use burn::tensor::{Int, Tensor};
 
 use super::ranking::Ranking;
-use super::step::{Reduction, StepTotals};
+use super::step::{Reduction, StepTotals, example_weights};
 use super::tokens::{TokenSide, completion_positions};
 use crate::check;
 use crate::data::BatchLayout;
@@ -156,12 +156,11 @@ impl PairedBatch {
     /// [`PreferenceError::DeviceMismatch`]. With `value_checks` on, the loss refuses negative or
     /// non-finite weights and weights that sum to 0.
     pub fn with_weights(mut self, weights: Tensor<1>) -> Result<Self> {
-        check::same_device(&[
-            ("policy", self.policy.device()),
-            ("weights", weights.device()),
-        ])?;
-        check::batch("weights", weights.dims()[0], "policy", self.prompts())?;
-        self.weights = Some(weights.detach());
+        self.weights = Some(example_weights(
+            weights,
+            self.prompts(),
+            self.policy.device(),
+        )?);
         Ok(self)
     }
 

@@ -125,6 +125,18 @@ impl std::ops::Add for StepTotals {
     }
 }
 
+/// Checks example weights against the batch's policy log-probs (`rows` examples, on `device`)
+/// and detaches them: a weight is data, not a parameter.
+pub(crate) fn example_weights(
+    weights: Tensor<1>,
+    rows: usize,
+    device: burn::tensor::Device,
+) -> Result<Tensor<1>> {
+    check::same_device(&[("policy", device), ("weights", weights.device())])?;
+    check::batch("weights", weights.dims()[0], "policy", rows)?;
+    Ok(weights.detach())
+}
+
 /// How a batch's per-example losses become its loss: its example weights and, for a
 /// micro-batch of a larger optimiser step, the step's totals.
 #[derive(Debug, Clone, Default)]

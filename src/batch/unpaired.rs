@@ -3,7 +3,7 @@
 
 use burn::tensor::{Bool, Int, Tensor};
 
-use super::step::{Reduction, StepTotals};
+use super::step::{Reduction, StepTotals, example_weights};
 use super::tokens::TokenSide;
 use crate::check;
 use crate::error::{PreferenceError, Result};
@@ -140,12 +140,7 @@ impl UnpairedBatch {
     /// [`PreferenceError::DeviceMismatch`]. With `value_checks` on, the loss refuses negative or
     /// non-finite weights and weights that sum to 0.
     pub fn with_weights(mut self, weights: Tensor<1>) -> Result<Self> {
-        check::same_device(&[
-            ("policy", self.policy.device()),
-            ("weights", weights.device()),
-        ])?;
-        check::batch("weights", weights.dims()[0], "policy", self.len())?;
-        self.weights = Some(weights.detach());
+        self.weights = Some(example_weights(weights, self.len(), self.policy.device())?);
         Ok(self)
     }
 

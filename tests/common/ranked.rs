@@ -6,6 +6,7 @@ use burn::tensor::{Device, Tensor};
 use burn_preference::prelude::*;
 use proptest::prelude::*;
 
+use super::reference::as_f64;
 use super::{assert_close, floats, to_vec};
 
 /// The ordered pairs `(i, j)`, `i ≻ j`, of one prompt of `k` candidates: by `scores` (higher
@@ -294,4 +295,37 @@ pub fn assert_rewards(
             1e-6 * scale,
         );
     }
+}
+
+/// Asserts that `out` — a loss's output on `case` at `device`, `policy` its leaf — has DPO's
+/// per-prompt losses and gradient at `beta` on the same batch: the closed form several losses
+/// reduce to (DPOP at λ = 0, R-DPO at α = 0, ODPO with zero offsets, Plackett–Luce at K = 2).
+pub fn assert_is_dpo(
+    device_name: &str,
+    case: &Ranked,
+    device: &Device,
+    beta: f64,
+    out: LossOutput,
+    policy: &Tensor<2>,
+    grad_rel: f64,
+) {
+    let (dpo_policy, dpo_batch) = case.batch(device, false);
+    let dpo = DpoConfig::new()
+        .with_beta(beta)
+        .init()
+        .unwrap()
+        .forward(dpo_batch)
+        .unwrap();
+    let expected = as_f64(&to_vec(dpo.losses));
+    assert_close(
+        device_name,
+        "losses",
+        &to_vec(out.losses),
+        &expected,
+        1e-6,
+        1e-7,
+    );
+    let got = to_vec(policy.grad(&out.loss.backward()).unwrap());
+    let want = as_f64(&to_vec(dpo_policy.grad(&dpo.loss.backward()).unwrap()));
+    assert_close(device_name, "∂L/∂policy", &got, &want, grad_rel, 1e-8);
 }

@@ -6,9 +6,8 @@ use burn_preference::loss::PlackettLuceLoss;
 use burn_preference::prelude::*;
 use proptest::prelude::*;
 
-use crate::common::ranked::{Ranked, assert_matches, assert_rewards, ranked, rich};
-use crate::common::reference::as_f64;
-use crate::common::{assert_close, autodiff_devices, cpu_autodiff_devices, to_vec};
+use crate::common::ranked::{Ranked, assert_is_dpo, assert_matches, assert_rewards, ranked, rich};
+use crate::common::{autodiff_devices, cpu_autodiff_devices};
 
 /// `log Σ exp` of `values`, about their maximum.
 fn logsumexp(values: &[f64]) -> f64 {
@@ -86,18 +85,7 @@ fn plackett_luce_at_k2_is_dpo() {
         for (name, device) in autodiff_devices() {
             let (policy, batch) = case.batch(&device, false);
             let out = plackett_luce(0.7, false).forward(batch).unwrap();
-            let (dpo_policy, dpo_batch) = case.batch(&device, false);
-            let dpo = DpoConfig::new()
-                .with_beta(0.7)
-                .init()
-                .unwrap()
-                .forward(dpo_batch)
-                .unwrap();
-            let expected = as_f64(&to_vec(dpo.losses));
-            assert_close(name, "losses", &to_vec(out.losses), &expected, 1e-6, 1e-7);
-            let got = to_vec(policy.grad(&out.loss.backward()).unwrap());
-            let want = as_f64(&to_vec(dpo_policy.grad(&dpo.loss.backward()).unwrap()));
-            assert_close(name, "∂L/∂policy", &got, &want, 1e-5, 1e-8);
+            assert_is_dpo(name, &case, &device, 0.7, out, &policy, 1e-5);
         }
     }
 }

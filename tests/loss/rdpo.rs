@@ -5,8 +5,8 @@
 use burn_preference::prelude::*;
 use proptest::prelude::*;
 
-use crate::common::ranked::{Ranked, assert_matches, assert_rewards, ranked, rich};
-use crate::common::reference::{as_f64, sigmoid, softplus};
+use crate::common::ranked::{Ranked, assert_is_dpo, assert_matches, assert_rewards, ranked, rich};
+use crate::common::reference::{sigmoid, softplus};
 use crate::common::{assert_close, autodiff_devices, cpu_autodiff_devices, to_vec};
 
 /// R-DPO in f64: per ordered pair `i ≻ j`, `z = β(ρ_i − ρ_j) − α(|y_i| − |y_j|)`, loss
@@ -79,18 +79,7 @@ fn rdpo_at_alpha_zero_is_dpo() {
     for (name, device) in autodiff_devices() {
         let (policy, batch) = case.batch(&device, true);
         let out = rdpo(0.4, 0.0, false).forward(batch).unwrap();
-        let (dpo_policy, dpo_batch) = case.batch(&device, false);
-        let dpo = DpoConfig::new()
-            .with_beta(0.4)
-            .init()
-            .unwrap()
-            .forward(dpo_batch)
-            .unwrap();
-        let expected = as_f64(&to_vec(dpo.losses));
-        assert_close(name, "losses", &to_vec(out.losses), &expected, 1e-6, 1e-7);
-        let got = to_vec(policy.grad(&out.loss.backward()).unwrap());
-        let want = as_f64(&to_vec(dpo_policy.grad(&dpo.loss.backward()).unwrap()));
-        assert_close(name, "∂L/∂policy", &got, &want, 1e-6, 1e-8);
+        assert_is_dpo(name, &case, &device, 0.4, out, &policy, 1e-6);
     }
 }
 
