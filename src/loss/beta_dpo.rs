@@ -38,8 +38,9 @@ trl_config! {
         momentum / with_momentum: f64 = 0.9,
     /// Train without a reference model (`log π_ref = 0`). Default: `false`.
         reference_free / with_reference_free: bool = false,
-    /// Check the values of the batch's weights, reading them back to the host; `false` never
-    /// reads a tensor back. Default: `true`.
+    /// Check the values of the batch's weights and, in training, that every gap is finite (a
+    /// NaN or infinite one would poison the running statistics), reading them back to the
+    /// host; `false` never reads a tensor back. Default: `true`.
         value_checks / with_value_checks: bool = true,
     }
 }
@@ -261,6 +262,11 @@ impl BetaDpoLoss {
         let device = gaps.device();
         let [pairs] = gaps.dims();
         let measured = gaps.clone().detach();
+        if self.config.value_checks {
+            // A NaN or infinite gap would poison the running statistics for every later step.
+            let values = check::read_floats("policy", measured.clone())?;
+            check::all_finite("policy", &values, &[pairs])?;
+        }
         state.update(measured.clone(), self.config.momentum)?;
         let (mean, std) = state.moments(&device);
         let kept = self.filter(measured.clone(), mean.clone(), std);

@@ -7,6 +7,9 @@ use crate::check;
 use crate::error;
 use crate::metrics::trl;
 
+/// The magnitude infinite rewards are held at (see `forward`).
+const REWARD_LIMIT: f64 = 1e30;
+
 trl_config! {
     /// Configuration of [`PlackettLuceLoss`]. No peer ships it; the key is DPO's.
     pub struct PlackettLuceConfig {
@@ -52,7 +55,8 @@ impl PlackettLuceConfig {
 /// the last group picks nothing — so a prompt whose responses all tie contributes 0, as in the
 /// pairwise losses. Unlike the mean over ordered pairs of DPO on a ranked list, each response
 /// is compared with the whole rest of the list at once. `log Σ exp` is taken about its
-/// maximum, so the loss is finite for `|r| ≤ 1e4`. Metrics: rewards `β·ρ`.
+/// maximum, so the loss is finite for `|r| ≤ 1e4`, and an infinite log-ratio (a response one of
+/// the models gives probability 0) gives DPO's limit, not NaN. Metrics: rewards `β·ρ`.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
@@ -89,7 +93,13 @@ impl PreferenceLoss for PlackettLuceLoss {
         }
         let ratios = batch.log_ratios("Plackett-Luce", self.reference_free)?;
         let ranking = batch.ranking();
-        let rewards = ratios.clone().mul_scalar(self.beta);
+        // An infinite log-ratio (a response one model gives probability 0) is held at ±1e30:
+        // its pick then has DPO's limit (loss 0 or the others' pull, gradient 0) rather than
+        // the NaN of inf − inf; every finite reward a language model produces is far inside.
+        let rewards = ratios
+            .clone()
+            .mul_scalar(self.beta)
+            .clamp(-REWARD_LIMIT, REWARD_LIMIT);
         let [prompts, candidates] = rewards.dims();
         // left[b, k, j]: j is still in the list when k is picked (j is not ranked above k).
         let above = ranking.beats.clone().swap_dims(1, 2);

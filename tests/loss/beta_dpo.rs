@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use burn_preference::loss::{BETA_DPO_MIN_BETA, BetaDpoLoss, BetaDpoStateRecord};
 use burn_preference::prelude::*;
 use proptest::prelude::*;
@@ -538,4 +538,24 @@ fn beta_dpo_is_finite_at_1e4() {
         );
         assert_eq!(got.kept_fraction, 0.5, "[{name}] kept");
     }
+}
+
+/// With value checks, a training step refuses a non-finite gap before it reaches the running
+/// statistics (which it would poison for every later step): the state is left as it was.
+#[test]
+fn beta_dpo_refuses_a_non_finite_gap_before_the_state() {
+    let device = Device::default();
+    let policy = Tensor::<2>::from_floats([[-1.0, -3.0], [-2.0, -2.5]], &device);
+    let reference = Tensor::<2>::from_floats([[f32::NEG_INFINITY, -2.0], [-2.2, -2.0]], &device);
+    let batch = PairedBatch::new(policy)
+        .unwrap()
+        .with_reference(reference)
+        .unwrap();
+    let mut state = BetaDpoState::new();
+    let err = beta_dpo(0.1, 0.6, 0.0, 0.9).forward_train(batch, &mut state);
+    assert!(
+        matches!(err, Err(PreferenceError::NonFinite { arg: "policy", .. })),
+        "{err:?}"
+    );
+    assert_eq!(state.steps(), 0);
 }

@@ -2,12 +2,14 @@
 //! stage, Breslow), its K = 2 closed form (DPO), a tied list by hand and values at ±1e4, with
 //! gradients, on every device.
 
+use burn::tensor::Tensor;
 use burn_preference::loss::PlackettLuceLoss;
 use burn_preference::prelude::*;
 use proptest::prelude::*;
 
 use crate::common::ranked::{Ranked, assert_is_dpo, assert_matches, assert_rewards, ranked, rich};
-use crate::common::{autodiff_devices, cpu_autodiff_devices};
+use crate::common::reference::as_f64;
+use crate::common::{assert_close, autodiff_devices, cpu_autodiff_devices, to_vec};
 
 /// `log Σ exp` of `values`, about their maximum.
 fn logsumexp(values: &[f64]) -> f64 {
@@ -160,5 +162,40 @@ fn plackett_luce_matches_f64_on_every_device_including_1e4() {
             &grad,
             (1e-5, 1e-6),
         );
+    }
+}
+
+/// A reference that gives the best response probability 0 makes its log-ratio +inf: the pick
+/// has DPO's limit there (loss 0, gradient 0), not the NaN of inf − inf; the other prompt is
+/// untouched.
+#[test]
+fn plackett_luce_at_an_infinite_log_ratio_is_dpos_limit() {
+    for (name, device) in autodiff_devices() {
+        let policy = Tensor::<2>::from_floats([[-1.0, -3.0], [-2.0, -2.5]], &device).require_grad();
+        let reference =
+            Tensor::<2>::from_floats([[f32::NEG_INFINITY, -2.0], [-2.2, -2.0]], &device);
+        let batch = |policy: Tensor<2>| {
+            PairedBatch::new(policy)
+                .unwrap()
+                .with_reference(reference.clone())
+                .unwrap()
+        };
+        let out = plackett_luce(0.5, false)
+            .forward(batch(policy.clone()))
+            .unwrap();
+        let dpo_policy = policy.clone().detach().require_grad();
+        let dpo = DpoConfig::new()
+            .with_beta(0.5)
+            .init()
+            .unwrap()
+            .forward(batch(dpo_policy.clone()))
+            .unwrap();
+        let expected = as_f64(&to_vec(dpo.losses));
+        assert_eq!(expected[0], 0.0, "[{name}] DPO's limit");
+        assert_close(name, "losses", &to_vec(out.losses), &expected, 1e-6, 1e-7);
+        let got = to_vec(policy.grad(&out.loss.backward()).unwrap());
+        let want = as_f64(&to_vec(dpo_policy.grad(&dpo.loss.backward()).unwrap()));
+        assert!(got.iter().all(|g| g.is_finite()), "[{name}] {got:?}");
+        assert_close(name, "∂L/∂policy", &got, &want, 1e-6, 1e-8);
     }
 }
