@@ -1,4 +1,5 @@
-//! Quickstart: sequence log-probs, log-ratios and every loss on a tiny batch.
+//! Quickstart: sequence log-probs, log-ratios and the pairwise and ranked losses on a tiny
+//! batch.
 //!
 //! ```sh
 //! cargo run --example quickstart                                   # CPU (flex)
@@ -75,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The collated batch knows its layout (chosen first), so the gatherer's outputs become a
     // [2 prompts, 2 candidates] batch without a hand-written reshape.
     let pairs = PairedBatch::from_output(policy.clone(), collated.layout())?
-        .with_reference_output(reference)?;
+        .with_reference_output(reference.clone())?;
     report(
         "DPO (β = 0.1)",
         DpoConfig::new().init()?.forward(pairs.clone())?,
@@ -100,7 +101,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PsiPoConfig::new(Psi::Identity)
             .with_beta(0.5)
             .init()?
-            .forward(pairs)?,
+            .forward(pairs.clone())?,
+    )?;
+
+    // DPO's variants: a penalty, a length term or an offset inside the sigmoid; the listwise
+    // Plackett–Luce loss (DPO at K = 2); SimPER without a reference or a hyperparameter.
+    report(
+        "DPOP (β = 0.3, λ = 50)",
+        DpopConfig::new().init()?.forward(pairs.clone())?,
+    )?;
+    report(
+        "R-DPO (β = 0.1, α = 0.01)",
+        RdpoConfig::new().init()?.forward(pairs.clone())?,
+    )?;
+    let offsets = Tensor::<1>::from_floats([0.5, 0.1], &device);
+    report(
+        "ODPO (β = 0.1, offsets 0.5, 0.1)",
+        OdpoConfig::new()
+            .init()?
+            .forward(pairs.clone().with_offsets(offsets)?)?,
+    )?;
+    report(
+        "Plackett–Luce (β = 0.1)",
+        PlackettLuceConfig::new().init()?.forward(pairs.clone())?,
+    )?;
+    report(
+        "SimPER",
+        SimperConfig::new().init()?.forward(pairs.clone())?,
+    )?;
+    // β-DPO trains with a running state the trainer carries from step to step.
+    let mut state = BetaDpoState::new();
+    report(
+        "β-DPO (β₀ = 0.1, first step, no filter)",
+        BetaDpoConfig::new()
+            .with_filter_ratio(0.0)
+            .init()?
+            .forward_train(pairs.clone(), &mut state)?,
+    )?;
+    // Any loss takes a weight per prompt: the loss is their weighted mean.
+    let weights = Tensor::<1>::from_floats([1.0, 3.0], &device);
+    report(
+        "DPO, prompts weighted 1 and 3",
+        DpoConfig::new()
+            .init()?
+            .forward(pairs.with_weights(weights)?)?,
     )?;
 
     // RRHF ranks K candidates by score: here the two responses of each prompt, K = 2, with
@@ -110,7 +154,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ranked = PairedBatch::from_output(policy, collated.layout())?.with_scores(scores)?;
     report(
         "RRHF (hinge, α = 1)",
-        RrhfConfig::new().init()?.forward(ranked)?,
+        RrhfConfig::new().init()?.forward(ranked.clone())?,
+    )?;
+    // LiPO-λ reads the scores as graded labels.
+    report(
+        "LiPO-λ (β = 0.1)",
+        LipoConfig::new()
+            .init()?
+            .forward(ranked.with_reference_output(reference)?)?,
     )?;
 
     // At real vocabularies, go from the last hidden states and the LM head's weight [V, H]
