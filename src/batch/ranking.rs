@@ -126,3 +126,25 @@ fn pick(values: Tensor<2>, index: Tensor<1, Int>) -> Tensor<1> {
     let [batch] = index.dims();
     values.gather(1, index.reshape([batch, 1])).reshape([batch])
 }
+
+/// The 1-based rank of each candidate by `values [B, K]`, highest first, ties by position.
+pub(crate) fn ranks(values: Tensor<2>) -> Tensor<2> {
+    let [prompts, candidates] = values.dims();
+    let device = values.device();
+    // ahead[b, i, j] = 1 when j is ranked ahead of i.
+    let differences = Ranking::differences(values);
+    let higher = differences.clone().lower_elem(0.0).float();
+    let index = Tensor::<1, Int>::arange(0..candidates as i64, &device);
+    let earlier = index
+        .clone()
+        .reshape([1, candidates, 1])
+        .greater(index.reshape([1, 1, candidates]))
+        .float()
+        .expand([prompts, candidates, candidates]);
+    let tied_earlier = differences.equal_elem(0.0).float().mul(earlier);
+    higher
+        .add(tied_earlier)
+        .sum_dim(2)
+        .reshape([prompts, candidates])
+        .add_scalar(1.0)
+}

@@ -203,7 +203,7 @@ impl BcoLoss {
         if self.value_checks {
             batch.check_values()?;
         }
-        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
+        let rewards = self.rewards(&batch)?;
         state.update(rewards.clone())?;
         let device = batch.policy.device();
         let batch = batch.with_reward_shift(state.delta(&device))?;
@@ -218,8 +218,12 @@ impl BcoLoss {
     /// [`PreferenceError::MissingInput`] without a reference; [`PreferenceError::InvalidValue`]
     /// for log-probs not gathered as sums.
     pub fn reward_statistic(&self, batch: &UnpairedBatch) -> error::Result<Metric> {
-        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
-        Ok(Metric::mean(rewards))
+        Ok(Metric::mean(self.rewards(batch)?))
+    }
+
+    /// The implicit rewards `β·ℓ` `[N]` of the batch.
+    fn rewards(&self, batch: &UnpairedBatch) -> error::Result<Tensor<1>> {
+        Ok(batch.log_ratios("BCO")?.mul_scalar(self.beta))
     }
 
     /// The loss of `batch` with its rewards `β·ℓ` `[N]` (computed once by the caller).
@@ -266,7 +270,7 @@ impl PreferenceLoss for BcoLoss {
         if self.value_checks {
             batch.check_values()?;
         }
-        let rewards = batch.log_ratios("BCO")?.mul_scalar(self.beta);
+        let rewards = self.rewards(&batch)?;
         self.loss(batch, rewards)
     }
 }

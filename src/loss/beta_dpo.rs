@@ -6,11 +6,11 @@ use burn::tensor::{Device, Distribution, Tensor};
 
 use super::formulas::margin;
 use super::{LossOutput, PreferenceLoss};
-use crate::batch::ranking::Ranking;
+use crate::batch::ranking::ranks;
 use crate::batch::{PairedBatch, Reduction, StepTotals};
 use crate::check;
 use crate::error;
-use crate::metrics::{Metric, trl};
+use crate::metrics::{Metric, Metrics, trl};
 
 /// The smallest β the batch rule gives (the reference code's floor): a batch of unusually
 /// negative gaps must not turn β negative.
@@ -258,7 +258,7 @@ impl BetaDpoLoss {
                  run each step as one batch",
             ));
         }
-        let gaps = self.gaps(&batch)?;
+        let (gaps, metrics) = self.gaps(&batch)?;
         let device = gaps.device();
         let [pairs] = gaps.dims();
         let measured = gaps.clone().detach();
@@ -284,8 +284,7 @@ impl BetaDpoLoss {
             Some(w) => w.clone().mul(kept.clone()),
             None => kept.clone(),
         };
-        let metrics = self
-            .metrics(&batch)?
+        let metrics = metrics
             .with("beta_dpo/beta", Metric::mean(beta))
             .with("beta_dpo/kept", Metric::mean(kept));
         let reduction = Reduction {
@@ -295,8 +294,9 @@ impl BetaDpoLoss {
         Ok(LossOutput::new(losses, None, reduction, metrics))
     }
 
-    /// The gaps `M = ρ_w − ρ_l` `[B]`, differentiable.
-    fn gaps(&self, batch: &PairedBatch) -> error::Result<Tensor<1>> {
+    /// The gaps `M = ρ_w − ρ_l` `[B]` (differentiable) and TRL's metrics, rewards `β₀·ρ`, from
+    /// one computation of the log-ratios.
+    fn gaps(&self, batch: &PairedBatch) -> error::Result<(Tensor<1>, Metrics)> {
         batch.require_pairs("β-DPO")?;
         batch.refuse_soft_labels("β-DPO")?;
         if self.config.value_checks {
@@ -304,11 +304,14 @@ impl BetaDpoLoss {
         }
         let ratios = batch.log_ratios("β-DPO", self.config.reference_free)?;
         let [pairs, _] = ratios.dims();
-        Ok(ratios
+        let rewards = ratios.clone().detach().mul_scalar(self.config.beta);
+        let metrics = trl::paired_batch(batch, rewards, batch.policy.clone(), &batch.ranking());
+        let gaps = ratios
             .clone()
             .narrow(1, 0, 1)
             .sub(ratios.narrow(1, 1, 1))
-            .reshape([pairs]))
+            .reshape([pairs]);
+        Ok((gaps, metrics))
     }
 
     /// The kept pairs `[B]` (1 or 0): `⌊B·(1 − ρ)⌋` (at least 1) drawn without replacement
@@ -327,25 +330,12 @@ impl BetaDpoLoss {
             .clamp(1e-7, 1.0 - 1e-7);
         let gumbel = uniform.log().neg().log().neg();
         let keys = z.powi_scalar(2).mul_scalar(-0.5).add(gumbel);
-        // A pair is kept when fewer than `keep` keys beat it (no sort: nothing is read back).
+        // The `keep` largest keys (ranks counted on the device: nothing is read back).
         let [rows] = keys.dims();
-        let ahead = Ranking::differences(keys.reshape([1, rows]))
-            .lower_elem(0.0)
+        ranks(keys.reshape([1, rows]))
+            .reshape([rows])
+            .lower_equal_elem(keep as f64)
             .float()
-            .sum_dim(2)
-            .reshape([rows]);
-        ahead.lower_elem(keep as f64).float()
-    }
-
-    fn metrics(&self, batch: &PairedBatch) -> error::Result<crate::metrics::Metrics> {
-        let ratios = batch.log_ratios("β-DPO", self.config.reference_free)?;
-        let rewards = ratios.detach().mul_scalar(self.config.beta);
-        Ok(trl::paired_batch(
-            batch,
-            rewards,
-            batch.policy.clone(),
-            &batch.ranking(),
-        ))
     }
 }
 
@@ -354,9 +344,8 @@ impl PreferenceLoss for BetaDpoLoss {
 
     /// The evaluation loss: DPO at β₀ on every pair (no filter, no state).
     fn forward(&self, batch: PairedBatch) -> error::Result<LossOutput> {
-        let gaps = self.gaps(&batch)?;
+        let (gaps, metrics) = self.gaps(&batch)?;
         let losses = margin::sigmoid(gaps.mul_scalar(self.config.beta), 0.0);
-        let metrics = self.metrics(&batch)?;
         Ok(LossOutput::new(losses, None, batch.reduction(), metrics))
     }
 }

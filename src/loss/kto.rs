@@ -195,24 +195,17 @@ impl PreferenceLoss for KtoLoss {
             batch.check_values()?;
         }
         let device = ratios.device();
-        let kl = match (self.loss_type, &batch.reference_point, &batch.kl) {
-            (KtoLossType::ApoZeroUnpaired, _, _) => Tensor::<1>::zeros([1], &device),
-            (KtoLossType::Kto, Some(z), _) => z.clone(),
-            (KtoLossType::Kto, None, Some(_)) if batch.step.is_some() => {
+        let kl = match (self.loss_type, &batch.reference_point) {
+            (KtoLossType::ApoZeroUnpaired, _) => Tensor::<1>::zeros([1], &device),
+            (KtoLossType::Kto, Some(z)) => z.clone(),
+            (KtoLossType::Kto, None) if batch.step.is_some() => {
                 return Err(StepTotals::refuse(
                     "KTO",
                     "with step totals, the step's reference point: merge every micro-batch's \
                      `KtoLoss::kl_statistic` and give each `with_reference_point`",
                 ));
             }
-            (KtoLossType::Kto, None, Some(_)) => kto_reference_point(&self.kl_statistic(&batch)?),
-            (KtoLossType::Kto, None, None) => {
-                return Err(PreferenceError::MissingInput {
-                    loss: "KTO",
-                    arg: "KL pairs (UnpairedBatch::with_kl)",
-                    why: "the reference point z is the KL estimated on mismatched pairs",
-                });
-            }
+            (KtoLossType::Kto, None) => kto_reference_point(&self.kl_statistic(&batch)?),
         };
         let [n] = ratios.dims();
         let shifted = ratios

@@ -1,11 +1,11 @@
 //! LiPO-λ (Liu et al. 2024, "LiPO: Listwise Preference Optimization through Learning-to-Rank"):
 //! pairwise logistic losses over a graded list, weighted by LambdaRank's ΔNDCG.
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 
 use super::{LossOutput, PreferenceLoss};
 use crate::batch::PairedBatch;
-use crate::batch::ranking::Ranking;
+use crate::batch::ranking::{Ranking, ranks};
 use crate::check;
 use crate::error::{self, PreferenceError};
 use crate::metrics::trl;
@@ -100,28 +100,6 @@ impl LipoLoss {
         }
         Ok(())
     }
-}
-
-/// The 1-based rank of each candidate by `values [B, K]`, highest first, ties by position.
-fn ranks(values: Tensor<2>) -> Tensor<2> {
-    let [prompts, candidates] = values.dims();
-    let device = values.device();
-    // ahead[b, i, j] = 1 when j is ranked ahead of i.
-    let differences = Ranking::differences(values);
-    let higher = differences.clone().lower_elem(0.0).float();
-    let index = Tensor::<1, Int>::arange(0..candidates as i64, &device);
-    let earlier = index
-        .clone()
-        .reshape([1, candidates, 1])
-        .greater(index.reshape([1, 1, candidates]))
-        .float()
-        .expand([prompts, candidates, candidates]);
-    let tied_earlier = differences.equal_elem(0.0).float().mul(earlier);
-    higher
-        .add(tied_earlier)
-        .sum_dim(2)
-        .reshape([prompts, candidates])
-        .add_scalar(1.0)
 }
 
 impl PreferenceLoss for LipoLoss {

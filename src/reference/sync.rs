@@ -134,10 +134,10 @@ pub fn mix_reference<M: Module>(reference: &M, policy: &M, alpha: f64) -> Result
     check::param("alpha", alpha, "in [0, 1]", |a| (0.0..=1.0).contains(&a))?;
     let mut collected = Collect::default();
     policy.visit(&mut collected);
-    let mut shapes = Collect::default();
+    let mut shapes = Shapes::default();
     reference.visit(&mut shapes);
-    let policy_shapes: Vec<_> = collected.params.iter().map(|(shape, _)| shape).collect();
-    let reference_shapes: Vec<_> = shapes.params.iter().map(|(shape, _)| shape).collect();
+    let policy_shapes: Vec<&Vec<usize>> = collected.params.iter().map(|(shape, _)| shape).collect();
+    let reference_shapes: Vec<&Vec<usize>> = shapes.0.iter().collect();
     if policy_shapes != reference_shapes {
         let first = policy_shapes
             .iter()
@@ -174,6 +174,16 @@ impl ModuleVisitor for Collect {
         let shape = value.dims().to_vec();
         let numel: usize = shape.iter().product();
         self.params.push((shape, value.reshape([numel])));
+    }
+}
+
+/// The shapes of a module's float parameters, in visiting order.
+#[derive(Default)]
+struct Shapes(Vec<Vec<usize>>);
+
+impl ModuleVisitor for Shapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.val().dims().to_vec());
     }
 }
 

@@ -12,6 +12,7 @@ use burn_preference::prelude::*;
 
 use crate::assert_error;
 use crate::common::gathered;
+use crate::common::reference::as_f64;
 use crate::common::{assert_close, autodiff_devices, floats, ints, to_vec};
 
 const PROMPTS: usize = 5;
@@ -284,57 +285,60 @@ fn every_paired_loss_sums_over_micro_batches_to_the_whole_step() {
             }
             let weighted = i % 2 == 1;
             let split = SPLITS[(i / 2) % 2];
-            {
-                let what = format!("{name} (weighted: {weighted})");
-                let all: Vec<usize> = (0..PROMPTS).collect();
-                let out = loss(whole.paired(&all, graded, weighted, None)).unwrap();
-                let expected_loss = to_vec(out.loss.clone());
-                let expected_grad = grad(out.loss, &whole.logits);
-                {
-                    let step = whole.step(weighted);
-                    let outs: Vec<LossOutput> = split
-                        .iter()
-                        .map(|m| loss(whole.paired(m, graded, weighted, Some(step))).unwrap())
-                        .collect();
-                    let total = outs
-                        .iter()
-                        .map(|o| o.loss.clone())
-                        .reduce(|a, b| a.add(b))
-                        .unwrap();
-                    let expected = expected_loss
-                        .iter()
-                        .map(|v| f64::from(*v))
-                        .collect::<Vec<_>>();
-                    assert_close(
-                        device_name,
-                        &format!("{what} loss"),
-                        &to_vec(total.clone()),
-                        &expected,
-                        1e-5,
-                        1e-6,
-                    );
-                    let expected = expected_grad
-                        .iter()
-                        .map(|v| f64::from(*v))
-                        .collect::<Vec<_>>();
-                    assert_close(
-                        device_name,
-                        &format!("{what} grad"),
-                        &grad(total, &whole.logits),
-                        &expected,
-                        1e-4,
-                        1e-7,
-                    );
-                    let merged = outs
-                        .into_iter()
-                        .map(|o| o.metrics)
-                        .reduce(Metrics::merge)
-                        .unwrap();
-                    assert_same_metrics(device_name, &what, merged, out.metrics.clone());
-                }
-            }
+            let what = format!("{name} (weighted: {weighted})");
+            let all: Vec<usize> = (0..PROMPTS).collect();
+            let out = loss(whole.paired(&all, graded, weighted, None)).unwrap();
+            let step = whole.step(weighted);
+            let outs: Vec<LossOutput> = split
+                .iter()
+                .map(|m| loss(whole.paired(m, graded, weighted, Some(step))).unwrap())
+                .collect();
+            let total = outs.iter().map(|o| o.loss.clone()).reduce(|a, b| a.add(b));
+            let grad_of = |loss: Tensor<1>| grad(loss, &whole.logits);
+            let whole_loss = out.loss.clone();
+            assert_sum_is_whole(
+                device_name,
+                &what,
+                total.unwrap(),
+                whole_loss,
+                grad_of,
+                1e-4,
+            );
+            let merged = outs.into_iter().map(|o| o.metrics).reduce(Metrics::merge);
+            assert_same_metrics(device_name, &what, merged.unwrap(), out.metrics);
         }
     }
+}
+
+/// Asserts that the micro-batches' summed loss `total` is the whole batch's, and so is its
+/// gradient (`grad_of` backpropagates a loss and reads the leaf's gradient).
+fn assert_sum_is_whole(
+    device: &str,
+    what: &str,
+    total: Tensor<1>,
+    whole: Tensor<1>,
+    grad_of: impl Fn(Tensor<1>) -> Vec<f32>,
+    grad_rel: f64,
+) {
+    let expected = as_f64(&to_vec(whole.clone()));
+    let loss_what = format!("{what} loss");
+    assert_close(
+        device,
+        &loss_what,
+        &to_vec(total.clone()),
+        &expected,
+        1e-5,
+        1e-6,
+    );
+    let expected = as_f64(&grad_of(whole));
+    assert_close(
+        device,
+        &format!("{what} grad"),
+        &grad_of(total),
+        &expected,
+        grad_rel,
+        1e-7,
+    );
 }
 
 /// Unpaired examples: the policy's and reference's log-probs, labels, KL pairs.
@@ -401,28 +405,7 @@ fn kto_and_bco_with_the_steps_statistics_sum_to_the_whole_step() {
                 })
                 .reduce(|a, b| a.add(b))
                 .unwrap();
-            let expected =
-                |t: Tensor<1>| to_vec(t).iter().map(|v| f64::from(*v)).collect::<Vec<_>>();
-            assert_close(
-                device_name,
-                "KTO loss",
-                &to_vec(total.clone()),
-                &expected(whole.loss.clone()),
-                1e-5,
-                1e-6,
-            );
-            let whole_grad: Vec<f64> = leaf_grad(whole.loss)
-                .iter()
-                .map(|v| f64::from(*v))
-                .collect();
-            assert_close(
-                device_name,
-                "KTO grad",
-                &leaf_grad(total),
-                &whole_grad,
-                1e-5,
-                1e-7,
-            );
+            assert_sum_is_whole(device_name, "KTO", total, whole.loss, leaf_grad, 1e-5);
 
             // BCO: δ moved once by the step's mean reward, then the same shift everywhere.
             let mut whole_state = BcoState::new();
@@ -451,26 +434,7 @@ fn kto_and_bco_with_the_steps_statistics_sum_to_the_whole_step() {
                 })
                 .reduce(|a, b| a.add(b))
                 .unwrap();
-            assert_close(
-                device_name,
-                "BCO loss",
-                &to_vec(total.clone()),
-                &expected(whole.loss.clone()),
-                1e-5,
-                1e-6,
-            );
-            let whole_grad: Vec<f64> = leaf_grad(whole.loss)
-                .iter()
-                .map(|v| f64::from(*v))
-                .collect();
-            assert_close(
-                device_name,
-                "BCO grad",
-                &leaf_grad(total),
-                &whole_grad,
-                1e-5,
-                1e-7,
-            );
+            assert_sum_is_whole(device_name, "BCO", total, whole.loss, leaf_grad, 1e-5);
         }
     }
 }
