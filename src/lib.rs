@@ -72,6 +72,11 @@
 //!   `f32`'s range give finite values and gradients.
 #![deny(missing_docs)]
 
+// First: the macro is visible in the modules declared after it.
+#[macro_use]
+mod config;
+
+pub mod advantages;
 pub mod batch;
 mod check;
 pub mod data;

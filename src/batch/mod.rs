@@ -3,6 +3,7 @@
 //! or undesirable). Each is built from plain tensors (`new`) or from the gatherer's output
 //! (`from_output`), then given the optional inputs its losses read (`with_*`).
 
+mod completions;
 mod from_output;
 mod paired;
 pub(crate) mod ranking;
@@ -10,6 +11,7 @@ mod step;
 pub(crate) mod tokens;
 mod unpaired;
 
+pub use completions::CompletionBatch;
 pub use paired::PairedBatch;
 pub(crate) use paired::pairs_of;
 pub(crate) use step::Reduction;

@@ -171,7 +171,7 @@ impl PairedBatch {
     ///
     /// # Errors
     /// [`PreferenceError::OutOfRange`] naming `step.examples` (not finite and `> 0`) or
-    /// `step.nll_tokens` (not finite and `≥ 0`).
+    /// `step.tokens` (not finite and `≥ 0`).
     pub fn with_step(mut self, step: StepTotals) -> Result<Self> {
         step.check()?;
         self.step = Some(step);

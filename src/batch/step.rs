@@ -10,20 +10,24 @@ use crate::error::{PreferenceError, Result};
 /// The totals of one optimiser step — every micro-batch on every device — that a loss divides
 /// by instead of its own batch's: give them to every micro-batch
 /// ([`PairedBatch::with_step`](super::PairedBatch::with_step),
-/// [`UnpairedBatch::with_step`](super::UnpairedBatch::with_step)) and the sum of the
+/// [`UnpairedBatch::with_step`](super::UnpairedBatch::with_step),
+/// [`CompletionBatch::with_step`](super::CompletionBatch::with_step)) and the sum of the
 /// micro-batches' `loss` — and so of their gradients — is the loss of the step run as one
-/// batch, to `f32` rounding. Counted on the host, from the collated batches, before the step's
-/// first forward pass: no device read.
+/// batch, to `f32` rounding. Counted on the host, from the collated batches
+/// ([`of`](Self::of)) or the completions' lengths ([`of_completions`](Self::of_completions)),
+/// before the step's first forward pass: no device read.
 ///
-/// With them a loss is
+/// For paired and unpaired batches a loss is then
 ///
 /// ```text
-/// loss = Σ_{b in this batch} w_b·L_b / examples  +  c·Σ_{tokens in this batch} nll_t / nll_tokens
+/// loss = Σ_{b in this batch} w_b·L_b / examples  +  c·Σ_{tokens in this batch} nll_t / tokens
 /// ```
 ///
 /// where `L_b` is an example's own loss (`w_b = 1` without weights) and the second term is the
 /// token-mean NLL of CPO (`c = cpo_alpha`), ORPO (`c = 1`) and DPO's `sft` (`c` its loss
-/// weight). Without them a loss divides by its own batch's totals, as before.
+/// weight). The policy losses of completion batches divide their sums by the step's
+/// completions or tokens, as each one's normaliser says. Without step totals a loss divides
+/// by its own batch's totals.
 ///
 /// ```
 /// use burn_preference::data::PreferenceExample;
@@ -35,7 +39,7 @@ use crate::error::{PreferenceError, Result};
 /// let first = collator.pad(&[example(vec![3, 4])])?;
 /// let second = collator.pad(&[example(vec![5]), example(vec![6, 7, 8])])?;
 /// let step = StepTotals::of(&[&first, &second]);
-/// assert_eq!((step.examples, step.nll_tokens), (3.0, 6.0));
+/// assert_eq!((step.examples, step.tokens), (3.0, 6.0));
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -43,19 +47,32 @@ pub struct StepTotals {
     /// The step's examples: prompts of paired and ranked batches, examples of unpaired ones;
     /// their total weight when the batches carry weights.
     pub examples: f64,
-    /// The tokens the NLL terms average over in the whole step: the chosen completions' tokens
-    /// the gatherer counts (CPO, `sft`); for ORPO, whose NLL also counts the prompt, the
-    /// chosen rows' tokens its gatherer counted. 0 when no loss of the step has an NLL term.
-    pub nll_tokens: f64,
+    /// The tokens the token means average over in the whole step. Paired batches: the tokens
+    /// of the NLL terms, the chosen completions' tokens the gatherer counts (CPO, `sft`; for
+    /// ORPO, whose NLL also counts the prompt, the chosen rows' tokens its gatherer counted),
+    /// 0 when no loss of the step has an NLL term. Completion batches: the completion tokens
+    /// the masks keep.
+    pub tokens: f64,
 }
 
 impl StepTotals {
     /// Totals given directly.
-    pub fn new(examples: f64, nll_tokens: f64) -> Self {
-        Self {
-            examples,
-            nll_tokens,
-        }
+    pub fn new(examples: f64, tokens: f64) -> Self {
+        Self { examples, tokens }
+    }
+
+    /// The totals of a step's completions from their lengths: one example per completion and
+    /// the sum of the tokens each one's mask keeps (after `mask_truncated_completions`, when
+    /// it is on).
+    ///
+    /// ```
+    /// use burn_preference::batch::StepTotals;
+    ///
+    /// let step = StepTotals::of_completions(&[3, 0, 5]);
+    /// assert_eq!((step.examples, step.tokens), (3.0, 8.0));
+    /// ```
+    pub fn of_completions(lengths: &[usize]) -> Self {
+        Self::new(lengths.len() as f64, lengths.iter().sum::<usize>() as f64)
     }
 
     /// The totals of the collated batches of one step: their prompts, and the chosen
@@ -93,13 +110,13 @@ impl StepTotals {
         }
     }
 
-    /// Refuses totals no step can have: `examples` not finite and `> 0`, `nll_tokens` not
+    /// Refuses totals no step can have: `examples` not finite and `> 0`, `tokens` not
     /// finite and `≥ 0`.
     pub(crate) fn check(&self) -> Result<()> {
         check::param("step.examples", self.examples, "finite and > 0", |e| {
             e.is_finite() && e > 0.0
         })?;
-        check::param("step.nll_tokens", self.nll_tokens, "finite and >= 0", |t| {
+        check::param("step.tokens", self.tokens, "finite and >= 0", |t| {
             t.is_finite() && t >= 0.0
         })
     }
@@ -118,10 +135,7 @@ impl std::ops::Add for StepTotals {
     type Output = Self;
 
     fn add(self, other: Self) -> Self {
-        Self::new(
-            self.examples + other.examples,
-            self.nll_tokens + other.nll_tokens,
-        )
+        Self::new(self.examples + other.examples, self.tokens + other.tokens)
     }
 }
 

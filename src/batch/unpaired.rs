@@ -154,7 +154,7 @@ impl UnpairedBatch {
     /// [`BcoLoss::reward_statistic`](crate::loss::BcoLoss::reward_statistic)).
     ///
     /// # Errors
-    /// [`PreferenceError::OutOfRange`] naming `step.examples` or `step.nll_tokens`.
+    /// [`PreferenceError::OutOfRange`] naming `step.examples` or `step.tokens`.
     pub fn with_step(mut self, step: StepTotals) -> Result<Self> {
         step.check()?;
         self.step = Some(step);

@@ -42,55 +42,13 @@
 //!    ships the loss, an `f64` reference written from the paper in the test), checked on every
 //!    device in `tests/loss/`.
 
-/// A loss config keyed as a TRL config: `serde(default)`, so TRL's config dict (or a JSON
-/// written for TRL) loads with its missing keys — and this crate's own, such as
-/// `value_checks` — at their defaults and its unknown keys ignored; plus `new()`, one
-/// `with_*` setter per field and burn's `Config`. (burn's `#[derive(Config)]` wants every key.)
-macro_rules! trl_config {
-    (
-        $(#[$meta:meta])*
-        pub struct $name:ident {
-            $( $(#[$field_meta:meta])* $field:ident / $setter:ident : $ty:ty = $default:expr ),* $(,)?
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-        #[serde(default)]
-        pub struct $name {
-            $( $(#[$field_meta])* pub $field: $ty, )*
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self { $( $field: $default, )* }
-            }
-        }
-
-        impl burn::config::Config for $name {}
-
-        impl $name {
-            /// The defaults (TRL's, for TRL's keys).
-            pub fn new() -> Self {
-                Self::default()
-            }
-
-            $(
-                #[doc = concat!("Sets `", stringify!($field), "`.")]
-                pub fn $setter(mut self, $field: $ty) -> Self {
-                    self.$field = $field;
-                    self
-                }
-            )*
-        }
-    };
-}
-
 mod bco;
 mod beta_dpo;
 mod cpo;
 mod dpo;
 mod dpop;
 pub(crate) mod formulas;
+mod grpo;
 mod kto;
 mod lipo;
 mod odpo;
@@ -98,6 +56,7 @@ mod orpo;
 mod plackett_luce;
 mod psipo;
 mod rdpo;
+mod rloo;
 mod rrhf;
 mod simper;
 
@@ -110,6 +69,7 @@ pub use dpo::{DpoConfig, DpoLoss, DpoLossType};
 pub use dpop::{DpopConfig, DpopLoss};
 pub use formulas::divergence::FDivergence;
 pub use formulas::nll::token_mean_nll;
+pub use grpo::{GrpoConfig, GrpoLoss, GrpoLossType, ImportanceSamplingLevel};
 pub use kto::{KlSequence, KtoConfig, KtoLoss, KtoLossType, kl_pairs, kto_reference_point};
 pub use lipo::{LIPO_MAX_GRADE, LipoConfig, LipoLoss};
 pub use odpo::{OdpoConfig, OdpoLoss, odpo_offsets};
@@ -117,6 +77,7 @@ pub use orpo::{ORPO_MAX_LOGP, OrpoConfig, OrpoLoss};
 pub use plackett_luce::{PlackettLuceConfig, PlackettLuceLoss};
 pub use psipo::{Psi, PsiPoConfig, PsiPoLoss};
 pub use rdpo::{RdpoConfig, RdpoLoss};
+pub use rloo::{RlooConfig, RlooLoss};
 pub use rrhf::{RankLoss, RrhfConfig, RrhfLoss};
 pub use simper::{SimperConfig, SimperLoss};
 
@@ -180,7 +141,7 @@ impl LossOutput {
     /// The output of a batch's per-example losses `examples [N]` and its token-mean term, if
     /// any: `losses = examples + weight·(the term's mean over this batch)`, and `loss` their
     /// (weighted) mean — or, for a micro-batch of a larger step, the step's share
-    /// `Σ w·examples / step.examples + weight·Σ term / step.nll_tokens`.
+    /// `Σ w·examples / step.examples + weight·Σ term / step.tokens`.
     pub(crate) fn new(
         examples: Tensor<1>,
         term: Option<TokenTerm>,
@@ -218,7 +179,7 @@ impl LossOutput {
                 match term {
                     None => share,
                     Some(term) => {
-                        share.add(term.sum.mul_scalar(term.weight / step.nll_tokens.max(1.0)))
+                        share.add(term.sum.mul_scalar(term.weight / step.tokens.max(1.0)))
                     }
                 }
             }

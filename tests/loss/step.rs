@@ -30,7 +30,7 @@ fn rows(prompts: &[usize]) -> Vec<i64> {
 
 /// The chosen completions' tokens the gatherer counts, over all prompts: labels ≥ 0 after a
 /// row's first position.
-fn nll_tokens(labels: &[i64]) -> f64 {
+fn tokens(labels: &[i64]) -> f64 {
     (0..PROMPTS)
         .flat_map(|r| (1..TIME).map(move |t| labels[r * TIME + t]))
         .filter(|l| *l >= 0)
@@ -130,7 +130,7 @@ impl Whole {
         } else {
             PROMPTS as f64
         };
-        StepTotals::new(examples, nll_tokens(&self.host_labels))
+        StepTotals::new(examples, tokens(&self.host_labels))
     }
 }
 
@@ -494,7 +494,7 @@ fn losses_with_batch_wide_statistics_refuse_step_totals() {
     assert_error!(
         batch().with_step(StepTotals::new(2.0, f64::NAN)),
         PreferenceError::OutOfRange {
-            name: "step.nll_tokens",
+            name: "step.tokens",
             ..
         }
     );
@@ -545,7 +545,7 @@ fn step_totals_count_the_prompts_and_the_chosen_tokens_the_gatherer_counts() {
                 .map(|c| f64::from(*c))
                 .sum::<f64>();
         }
-        assert_eq!(step.nll_tokens, counted);
+        assert_eq!(step.tokens, counted);
         assert_eq!(counted, 3.0 + 1.0 + 2.0);
     }
 }
