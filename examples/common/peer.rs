@@ -1,4 +1,4 @@
-//! The PyTorch peers of `benches/peers/torch_peers.py`, run as subprocesses on the shape and
+//! The PyTorch peers of `benches/peers/*.py`, run as subprocesses on the shape and
 //! options we just timed, and a table of ours against each: forward and forward+backward
 //! seconds, the ratio peer / ours (above 1: ours is faster) and the peak resident memory.
 //!
@@ -30,15 +30,17 @@ pub struct PeerRun {
 const LOGITS_PEERS: [&str; 3] = ["trl16", "xent", "compiled"];
 const LINEAR_PEERS: [&str; 2] = ["trl_chunked", "matmul_xent"];
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/torch_peers.py")
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/peers")
+        .join(name)
 }
 
 /// Runs every peer of the path (`hidden`: the LM-head path) on `[n, t, v]` with `reps`
 /// repetitions, one process each, with the interpreter `python`.
 pub fn run_peers(
     python: &str,
-    dims: [usize; 3],
+    [n, t, v]: [usize; 3],
     hidden: Option<usize>,
     reps: usize,
 ) -> Vec<PeerRun> {
@@ -46,10 +48,26 @@ pub fn run_peers(
         Some(_) => &LINEAR_PEERS,
         None => &LOGITS_PEERS,
     };
+    let mut args: Vec<String> = [n, t, v].iter().map(|d| d.to_string()).collect();
+    args.extend(["--reps".to_string(), reps.to_string()]);
+    if let Some(h) = hidden {
+        args.extend(["--hidden".to_string(), h.to_string()]);
+    }
+    run_script(python, "torch_peers.py", names, &args)
+}
+
+/// Runs each of `names` with `benches/peers/<script> <args> --only <name>`, one process
+/// each, with the interpreter `python`.
+pub fn run_script(
+    python: &str,
+    script_name: &str,
+    names: &[&'static str],
+    args: &[String],
+) -> Vec<PeerRun> {
     names
         .iter()
         .map(|&name| {
-            let (result, threads) = match run_one(python, dims, hidden, reps, name) {
+            let (result, threads) = match run_one(python, script_name, args, name) {
                 Ok((timing, threads)) => (Ok(timing), threads),
                 Err(why) => (Err(why), None),
             };
@@ -64,19 +82,15 @@ pub fn run_peers(
 
 fn run_one(
     python: &str,
-    [n, t, v]: [usize; 3],
-    hidden: Option<usize>,
-    reps: usize,
+    script_name: &str,
+    args: &[String],
     name: &str,
 ) -> Result<(Timing, Option<u64>), String> {
     let mut command = Command::new(python);
     command
-        .arg(script())
-        .args([n, t, v].map(|d| d.to_string()))
-        .args(["--reps", &reps.to_string(), "--only", name]);
-    if let Some(h) = hidden {
-        command.args(["--hidden", &h.to_string()]);
-    }
+        .arg(script(script_name))
+        .args(args)
+        .args(["--only", name]);
     let output = command
         .output()
         .map_err(|e| format!("cannot run `{python}`: {e}"))?;

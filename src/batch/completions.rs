@@ -34,8 +34,8 @@ use crate::logps::SequenceLogpsOutput;
 /// ```
 ///
 /// # Shapes
-/// - policy, old, reference, entropy, importance-sampling ratio, sampling log-probs, mask:
-///   `[N, C]`
+/// - policy, old, reference, entropy, sampling log-probs, mask: `[N, C]`
+/// - importance-sampling ratio: `[N, C]` or `[N, 1]`
 /// - advantages: `[N]` (one per completion) or `[N, C]` (one per token)
 /// - truncated: `[N]`
 #[derive(Debug, Clone)]
@@ -175,15 +175,31 @@ impl CompletionBatch {
         Ok(self)
     }
 
-    /// The inference engine's importance-sampling correction `[N, C]` (TRL's
-    /// `importance_sampling_ratio`, what it computes from vLLM's log-probs; detached): each
-    /// token's loss is multiplied by it (VESPO folds it into its weight instead).
+    /// The inference engine's importance-sampling correction, per token `[N, C]` or per
+    /// completion `[N, 1]` (TRL's `importance_sampling_ratio` of its token and sequence modes,
+    /// computed from vLLM's log-probs; detached): each token's loss is multiplied by it
+    /// (VESPO folds it into its weight instead). Give 1 at padded positions, as TRL does.
     ///
     /// # Errors
     /// [`PreferenceError::Shape`], [`PreferenceError::DeviceMismatch`].
     pub fn with_importance_sampling_ratio(mut self, ratio: Tensor<2>) -> Result<Self> {
-        self.importance_sampling_ratio =
-            Some(self.per_token("importance_sampling_ratio", ratio)?.detach());
+        let ratio = match ratio.dims()[1] {
+            1 => {
+                check::same_device(&[
+                    ("policy", self.policy.device()),
+                    ("importance_sampling_ratio", ratio.device()),
+                ])?;
+                check::batch(
+                    "importance_sampling_ratio",
+                    ratio.dims()[0],
+                    "policy",
+                    self.len(),
+                )?;
+                ratio
+            }
+            _ => self.per_token("importance_sampling_ratio", ratio)?,
+        };
+        self.importance_sampling_ratio = Some(ratio.detach());
         Ok(self)
     }
 

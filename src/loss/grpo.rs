@@ -95,9 +95,10 @@ trl_config! {
     /// Drop the completions with a negative advantage whose mean KL from the sampling policy
     /// exceeds this (DeepSeek-V3.2's off-policy sequence mask). Default: `None`.
         off_policy_mask_threshold / with_off_policy_mask_threshold: Option<f64> = None,
-    /// Multiply the KL term by the importance ratio (an unbiased KL estimate under off-policy
-    /// samples). Default: `false`.
-        use_bias_correction_kl / with_use_bias_correction_kl: bool = false,
+    /// Multiply the KL term by the importance ratio (not detached): the KL gradient becomes the
+    /// unbiased reverse-KL gradient under off-policy samples (DeepSeek-V3.2); it changes the
+    /// gradient whenever `beta > 0`, even where the ratio is 1. Default: `true` (TRL's).
+        use_bias_correction_kl / with_use_bias_correction_kl: bool = true,
     /// Subtract `entropy_coef` × the mean token entropy (an exploration bonus). Needs the
     /// batch's entropies. Default: `0.0`.
         entropy_coef / with_entropy_coef: f64 = 0.0,
@@ -201,7 +202,7 @@ impl GrpoConfig {
 /// Metrics under TRL's names: `kl` (β > 0), `entropy` (when the batch has entropies),
 /// `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean` (the clipped
 /// types), `cispo_clip_ratio`, `vespo/phi_seq_mean`, `policy_loss` (with the entropy bonus,
-/// without step totals). TRL's `clip_ratio/low_min` and `clip_ratio/high_max` are a minimum
+/// without step totals) and `entropy_coef` (with the bonus). TRL's `clip_ratio/low_min` and `clip_ratio/high_max` are a minimum
 /// and a maximum over completions, which no sum and count merge exactly across micro-batches:
 /// they are not logged.
 ///
@@ -361,7 +362,7 @@ impl PreferenceLoss for GrpoLoss {
             && c.vllm_importance_sampling_correction
             && c.loss_type != GrpoLossType::Vespo
         {
-            per_token = per_token.mul(ratio.clone());
+            per_token = per_token.mul(wide(ratio.clone()));
         }
         if let Some(kl) = &kl {
             per_token = per_token.add(kl.clone().mul_scalar(c.beta));
@@ -409,12 +410,14 @@ impl PreferenceLoss for GrpoLoss {
                 .sum()
                 .div(count)
                 .mul_scalar(c.entropy_coef);
+            let one = || Tensor::ones([1], &device);
             if step.is_none() {
-                metrics = metrics.with(
-                    "policy_loss",
-                    Metric::new(loss.clone(), Tensor::ones([1], &device)),
-                );
+                metrics = metrics.with("policy_loss", Metric::new(loss.clone(), one()));
             }
+            metrics = metrics.with(
+                "entropy_coef",
+                Metric::new(one().mul_scalar(c.entropy_coef), one()),
+            );
             loss = loss.sub(bonus.clone());
             losses = losses.sub(bonus.expand([n]));
         }

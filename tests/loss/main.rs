@@ -27,6 +27,7 @@ mod simper;
 mod stability;
 mod step;
 mod trl_dpo;
+mod trl_grpo;
 mod value_checks;
 mod weights;
 mod zoo;
