@@ -3,11 +3,14 @@
 //! LD-DPO and mixtures), ΨPO, conservative DPO (label smoothing, soft labels), IPO, RRHF,
 //! CPO/SimPO/AlphaPO, ORPO, KTO and BCO; the losses users ask peers for (DPOP, β-DPO, R-DPO,
 //! ODPO, listwise Plackett–Luce and LiPO-λ, SimPER); per-example weights for every loss;
-//! reference-free modes and the helpers every trainer needs.
+//! reference-free modes; the group-relative policy losses over sampled completions (every
+//! TRL 1.16 `GRPOTrainer` `loss_type`, and RLOO) with their advantages from rewards; and the
+//! helpers every trainer needs.
 //!
 //! The modules follow the data: [`data`] collates token ids into padded or packed batches,
 //! [`logps`] turns logits (or hidden states and the LM head) into sequence log-probs, [`batch`]
-//! holds them as a paired/ranked or unpaired batch, [`loss`] turns a batch into a loss with
+//! holds them as a paired/ranked, unpaired or completion batch ([`advantages`] turns the
+//! rewards of sampled completions into their advantages), [`loss`] turns a batch into a loss with
 //! one contract ([`loss::PreferenceLoss`]), and [`metrics`] carries what TRL logs, on the
 //! device until one read. Every function takes device-generic burn tensors: the same code runs
 //! on CPU (flex, ndarray) and GPU (wgpu, CUDA), chosen by the

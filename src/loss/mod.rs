@@ -1,6 +1,7 @@
-//! Preference losses, one contract: every loss implements [`PreferenceLoss`], reads one batch
-//! type ([`PairedBatch`](crate::batch::PairedBatch) or
-//! [`UnpairedBatch`](crate::batch::UnpairedBatch)) and returns one [`LossOutput`]: the loss, each
+//! Preference and policy losses, one contract: every loss implements [`PreferenceLoss`], reads
+//! one batch type ([`PairedBatch`](crate::batch::PairedBatch),
+//! [`UnpairedBatch`](crate::batch::UnpairedBatch) or
+//! [`CompletionBatch`](crate::batch::CompletionBatch)) and returns one [`LossOutput`]: the loss, each
 //! example's share of it, and its [`Metrics`] under TRL's names.
 //!
 //! | loss | batch | per example | reference | pick it when |
@@ -19,6 +20,8 @@
 //! | [ORPO](OrpoConfig) | paired | odds-ratio term + NLL | none | SFT and preference in one loss |
 //! | [KTO](KtoConfig) | unpaired | prospect-theoretic value against the KL reference point | yes | thumbs-up / thumbs-down data |
 //! | [BCO](BcoConfig) | unpaired | logistic classifier of the reward, shifted by a running δ | yes | unpaired data, a binary classifier of rewards |
+//! | [GRPO family](GrpoConfig) | completions | clipped (or gated, or weighted) policy gradient per token, any TRL 1.16 `GRPOConfig.loss_type` | optional (k3 KL) | K sampled completions scored by a reward |
+//! | [RLOO](RlooConfig) | completions | clipped policy gradient on whole-sequence ratios | in the reward | the same, with leave-one-out advantages |
 //!
 //! **Two doors to DPO and IPO, on purpose.** Use [`DpoConfig`] for anything TRL's `DPOConfig`
 //! expresses (its `loss_type = "ipo"` is TRL's IPO on length-normalised log-probs); use
@@ -104,8 +107,9 @@ use crate::metrics::Metrics;
 /// # Ok::<(), burn_preference::PreferenceError>(())
 /// ```
 pub trait PreferenceLoss {
-    /// The batch the loss reads: [`PairedBatch`](crate::batch::PairedBatch) or
-    /// [`UnpairedBatch`](crate::batch::UnpairedBatch).
+    /// The batch the loss reads: [`PairedBatch`](crate::batch::PairedBatch),
+    /// [`UnpairedBatch`](crate::batch::UnpairedBatch) or
+    /// [`CompletionBatch`](crate::batch::CompletionBatch).
     type Batch;
 
     /// Computes the loss and its metrics for one batch.

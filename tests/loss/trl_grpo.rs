@@ -65,7 +65,6 @@ fn gather(
         .with_return_token_logps(true)
         .with_return_entropy(true)
         .with_temperature(temperature)
-        .with_chunk_rows(7)
         .init()
         .unwrap();
     let out = match path {
@@ -124,7 +123,12 @@ fn every_grpo_loss_type_matches_trl_1_16() {
     assert!(cases.len() >= 40);
     for (device_name, device) in autodiff_devices() {
         for path in [Path::Linear, Path::Logits] {
-            for case in cases {
+            for (index, case) in cases.iter().enumerate() {
+                // wgpu runs every case through its fused kernels, and every fifth through
+                // materialised logits (~0.3 s a case on CI's CPU Vulkan driver).
+                if device_name == "wgpu" && matches!(path, Path::Logits) && index % 5 != 0 {
+                    continue;
+                }
                 let what = format!("[{device_name} {path:?}] {}", case["name"]);
                 let batch_json = &section["batches"][case["batch"].as_str().unwrap()];
                 let config: GrpoConfig = serde_json::from_value(case["config"].clone()).unwrap();
