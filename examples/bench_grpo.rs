@@ -23,12 +23,13 @@ mod args;
 #[allow(dead_code)] // the log-probs workload is bench_logps's
 #[path = "common/bench.rs"]
 mod bench;
+#[allow(dead_code)] // the log-probs peers are bench_logps's
 #[path = "common/peer.rs"]
 mod peer;
 
 use std::error::Error;
 
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_preference::prelude::*;
 
 use bench::{median_seconds, peak_rss_bytes};
@@ -41,7 +42,6 @@ struct Step {
     hidden: Tensor<3>,
     weight: Tensor<2>,
     labels: Tensor<2, Int>,
-    mask: Tensor<2, Bool>,
     advantages: Tensor<1>,
     reference: Option<Tensor<2>>,
     config: GrpoConfig,
@@ -67,8 +67,7 @@ impl Step {
         Self {
             hidden: Tensor::random([n, t, h], Distribution::Normal(0.0, 1.0), device),
             weight: Tensor::random([v, h], Distribution::Normal(0.0, scale), device),
-            labels: tokens.mask_fill(mask.clone().bool_not(), -100),
-            mask,
+            labels: tokens.mask_fill(mask.bool_not(), -100),
             advantages: Tensor::random([n], Distribution::Normal(0.0, 1.0), device),
             reference,
             config,
