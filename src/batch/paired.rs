@@ -165,7 +165,7 @@ impl PairedBatch {
     }
 
     /// Marks the batch as one micro-batch (or one device's shard) of an optimiser step with
-    /// these totals: the loss then divides by the step's examples and NLL tokens instead of
+    /// these totals: the loss then divides by the step's examples and tokens instead of
     /// the batch's, so that the micro-batches' losses and gradients add up to the step's (see
     /// [`StepTotals`]). Give every micro-batch of the step the same totals.
     ///
