@@ -100,6 +100,12 @@ impl CompletionBatch {
     /// mask, the entropy bonus and the `entropy` metric), with the sampling temperature as
     /// the gatherer's `temperature`.
     ///
+    /// Packed rows ([`forward_linear_packed`](crate::logps::SequenceLogps::forward_linear_packed))
+    /// give one row per segment `[S, W]`, each segment's predicted tokens from its start: take
+    /// all `W` columns (`completion_len = W`). The losses read only the positions the mask
+    /// keeps — the completion tokens, the prompt's labels being ignored — so the old and
+    /// reference log-probs gathered the same way line up with them.
+    ///
     /// # Errors
     /// [`PreferenceError::MissingInput`] when the output has no per-token log-probs;
     /// [`PreferenceError::Shape`] when `completion_len` is 0 or longer than the output's
