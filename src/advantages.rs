@@ -147,7 +147,8 @@ pub struct AdvantagesOutput {
     /// Each completion's weighted reward `[N]` (RLOO: after the KL penalty), NaN when
     /// unscorable.
     pub rewards: Tensor<1>,
-    /// TRL's `reward` (the mean weighted reward of the scorable completions) and
+    /// TRL's `reward` (the mean weighted reward of the scorable completions; RLOO's before its
+    /// clip and KL penalty, as TRL logs it) and
     /// `frac_reward_zero_std` (the share of completions whose scaling deviation is 0); RLOO
     /// adds `kl` when it has a KL penalty.
     pub metrics: Metrics,
@@ -213,7 +214,7 @@ impl GrpoAdvantages {
                 (raw, advantages, std)
             }
         };
-        Ok(output(total, advantages, std, None))
+        Ok(output(total.clone(), total, advantages, std, None))
     }
 }
 
@@ -343,7 +344,9 @@ impl RlooAdvantages {
         let weights = reward_weights(&rewards, k, &self.config.reward_weights)?;
         let [n, _] = rewards.dims();
         let unscorable = rewards.clone().is_nan().all_dim(1).reshape([n]);
-        let mut total = weighted_sum(rewards.clone(), weights, unscorable);
+        // TRL logs the weighted reward before the clip and the KL penalty.
+        let raw = weighted_sum(rewards.clone(), weights, unscorable);
+        let mut total = raw.clone();
         if let Some((low, high)) = self.config.reward_clip_range {
             total = total.clamp(low, high);
         }
@@ -397,7 +400,7 @@ impl RlooAdvantages {
             let spread = nan_std(row, 1).expand([1, n]).reshape([n]);
             advantages = advantages.sub(mean).div(spread.add_scalar(STD_EPSILON));
         }
-        Ok(output(total, advantages, std, kl_metric))
+        Ok(output(total, raw, advantages, std, kl_metric))
     }
 }
 
@@ -481,9 +484,12 @@ fn nan_std<const D: usize>(values: Tensor<D>, dim: usize) -> Tensor<D> {
         .mask_fill(too_few, f32::NAN)
 }
 
-/// The output: NaN advantages (unscorable, undefined deviations) zeroed, TRL's metrics.
+/// The output: NaN advantages (unscorable, undefined deviations) zeroed, TRL's metrics, the
+/// `reward` metric the mean of `logged` (the weighted rewards as TRL logs them: RLOO's before
+/// its clip and KL penalty) over the scorable completions.
 fn output(
     rewards: Tensor<1>,
+    logged: Tensor<1>,
     advantages: Tensor<1>,
     std: Tensor<1>,
     kl: Option<Metric>,
@@ -491,12 +497,9 @@ fn output(
     let [n] = rewards.dims();
     let nan = advantages.clone().is_nan();
     let advantages = advantages.mask_fill(nan, 0.0).detach();
-    let scored = rewards.clone().is_nan().bool_not();
+    let scored = logged.clone().is_nan().bool_not();
     let reward = Metric::new(
-        rewards
-            .clone()
-            .mask_fill(scored.clone().bool_not(), 0.0)
-            .sum(),
+        logged.mask_fill(scored.clone().bool_not(), 0.0).sum(),
         scored.float().sum(),
     );
     // torch.isclose(std, 0): |std| ≤ 1e-8 (NaN is not close).
