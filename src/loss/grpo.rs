@@ -241,7 +241,9 @@ impl PreferenceLoss for GrpoLoss {
         }
         let maskf = mask.clone().float();
         let wide = |x: Tensor<2>| x.expand([n, width]);
-        let policy = batch.policy.clone();
+        // Padding may hold anything (value checks read only the counted positions): 0 there,
+        // or CISPO's and VESPO's `A·log π` would carry a NaN or ±inf into the masked sums.
+        let policy = batch.policy.clone().mask_fill(mask.clone().bool_not(), 0.0);
         let advantages = batch.advantages.clone();
         // Masked positions carry no ratio: 0 there keeps exp() finite whatever `old` holds.
         let old = batch.old.clone().unwrap_or_else(|| policy.clone().detach());
@@ -397,15 +399,16 @@ impl PreferenceLoss for GrpoLoss {
         if c.entropy_coef != 0.0 {
             let entropy = self.entropy(&batch, "entropy_coef != 0 adds the mean token entropy")?;
             let effective = match &entropy_mask {
-                Some(kept) => kept.clone().float(),
-                None => maskf.clone(),
+                Some(kept) => kept.clone(),
+                None => mask.clone(),
             };
             let count = match step {
                 Some(step) => Tensor::full([1], step.tokens.max(1.0), &device),
-                None => effective.clone().sum().clamp_min(1.0),
+                None => effective.clone().float().sum().clamp_min(1.0),
             };
+            // Filled, not multiplied: a NaN at padding would survive `· 0`.
             let bonus = entropy
-                .mul(effective)
+                .mask_fill(effective.bool_not(), 0.0)
                 .sum()
                 .div(count)
                 .mul_scalar(c.entropy_coef);

@@ -97,7 +97,6 @@ impl PreferenceLoss for RlooLoss {
             });
         }
         let mask = batch.mask.clone();
-        let maskf = mask.clone().float();
         let sequence = |tokens: Tensor<2>| {
             tokens
                 .mask_fill(mask.clone().bool_not(), 0.0)
@@ -139,10 +138,8 @@ impl PreferenceLoss for RlooLoss {
         let region = low.clone().bool_or(high.clone());
         let mut metrics = Metrics::new();
         if let Some(entropy) = &batch.entropy {
-            metrics = metrics.with(
-                "entropy",
-                Metric::new(entropy.clone().mul(maskf.clone()).sum(), maskf.sum()),
-            );
+            // Filled, not multiplied: a NaN at padding would survive `· 0`.
+            metrics = metrics.with("entropy", Metric::masked_mean(entropy.clone(), mask));
         }
         metrics = metrics
             .with("clip_ratio/low_mean", Metric::mean(low.float()))
