@@ -257,7 +257,7 @@ impl PreferenceLoss for GrpoLoss {
                 per_sequence_mean(log_ratio.clone(), maskf.clone())
             }
         };
-        let ratio = log_weights.exp();
+        let ratio = log_weights.clamp_max(MAX_LOG_RATIO).exp();
 
         let kl =
             if c.beta != 0.0 {
@@ -467,6 +467,12 @@ impl PreferenceLoss for GrpoLoss {
         })
     }
 }
+
+/// The largest log importance ratio taken as it is: `exp` of more overflows `f32`, and the
+/// clip's (or SAPO's gate's) zero gradient times that infinite ratio's would be NaN where the
+/// loss is flat. `e^80 ≈ 5.5e34` leaves room for the product with an advantage and a sum over
+/// tokens; no ratio a trainer meets comes near it.
+pub(crate) const MAX_LOG_RATIO: f64 = 80.0;
 
 /// What a loss type's sum is divided by.
 enum Denominator {

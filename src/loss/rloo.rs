@@ -4,6 +4,7 @@
 
 use burn::tensor::Tensor;
 
+use super::grpo::MAX_LOG_RATIO;
 use super::{LossOutput, PreferenceLoss};
 use crate::batch::CompletionBatch;
 use crate::check;
@@ -115,7 +116,7 @@ impl PreferenceLoss for RlooLoss {
             None => logps.clone().detach(),
         };
         let advantages = batch.advantages.clone().reshape([n]);
-        let ratio = logps.sub(old).exp();
+        let ratio = logps.sub(old).clamp_max(MAX_LOG_RATIO).exp();
         let clipped = ratio
             .clone()
             .clamp(1.0 - self.epsilon, 1.0 + self.epsilon_high);
