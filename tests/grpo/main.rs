@@ -7,6 +7,9 @@
 mod common;
 
 mod advantages;
+mod bad_input;
+mod edge;
+mod from_output;
 mod loss;
 mod reference;
 mod rloo;
