@@ -136,7 +136,7 @@ fn rloo_matches_f64() {
         (0.2, 0.2),
         cpu_autodiff_devices(),
     );
-    // Log ratios ±5 per token: far outside.
+    // Log ratios of −2 and +1 per token: sequence ratios far outside the clip range.
     let mut far = Case::base();
     far.old = Some(
         far.policy
