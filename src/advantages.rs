@@ -147,8 +147,8 @@ pub struct AdvantagesOutput {
     /// Each completion's weighted reward `[N]` (RLOO: after the KL penalty), NaN when
     /// unscorable.
     pub rewards: Tensor<1>,
-    /// TRL's `reward` (the mean weighted reward of the scorable completions, before RLOO's
-    /// clip and KL penalty) and
+    /// TRL's `reward` (the mean weighted reward of the scorable completions; RLOO's before its
+    /// clip and KL penalty, as TRL logs it) and
     /// `frac_reward_zero_std` (the share of completions whose scaling deviation is 0); RLOO
     /// adds `kl` when it has a KL penalty.
     pub metrics: Metrics,
@@ -344,12 +344,11 @@ impl RlooAdvantages {
         let weights = reward_weights(&rewards, k, &self.config.reward_weights)?;
         let [n, _] = rewards.dims();
         let unscorable = rewards.clone().is_nan().all_dim(1).reshape([n]);
+        // TRL logs the weighted reward before the clip and the KL penalty.
         let raw = weighted_sum(rewards.clone(), weights, unscorable);
         let mut total = raw.clone();
         if let Some((low, high)) = self.config.reward_clip_range {
-            // An unscorable reward stays NaN, whatever the backend's clamp does with NaN.
-            let missing = total.clone().is_nan();
-            total = total.clamp(low, high).mask_fill(missing, f32::NAN);
+            total = total.clamp(low, high);
         }
         let mut kl_metric = None;
         if self.config.beta != 0.0 {
@@ -485,8 +484,9 @@ fn nan_std<const D: usize>(values: Tensor<D>, dim: usize) -> Tensor<D> {
         .mask_fill(too_few, f32::NAN)
 }
 
-/// The output: NaN advantages (unscorable, undefined deviations) zeroed, TRL's metrics
-/// (`reward` the mean of `logged`, the weighted raw rewards).
+/// The output: NaN advantages (unscorable, undefined deviations) zeroed, TRL's metrics, the
+/// `reward` metric the mean of `logged` (the weighted rewards as TRL logs them: RLOO's before
+/// its clip and KL penalty) over the scorable completions.
 fn output(
     rewards: Tensor<1>,
     logged: Tensor<1>,

@@ -242,7 +242,9 @@ impl PreferenceLoss for GrpoLoss {
         }
         let maskf = mask.clone().float();
         let wide = |x: Tensor<2>| x.expand([n, width]);
-        let policy = batch.policy.clone();
+        // Padding may hold anything (value checks read only the counted positions): 0 there,
+        // or CISPO's and VESPO's `A·log π` would carry a NaN or ±inf into the masked sums.
+        let policy = batch.policy.clone().mask_fill(mask.clone().bool_not(), 0.0);
         let advantages = batch.advantages.clone();
         // Masked positions carry no ratio: 0 there keeps exp() finite whatever `old` holds.
         let old = batch.old.clone().unwrap_or_else(|| policy.clone().detach());
@@ -256,7 +258,7 @@ impl PreferenceLoss for GrpoLoss {
                 per_sequence_mean(log_ratio.clone(), maskf.clone())
             }
         };
-        let ratio = log_weights.exp();
+        let ratio = log_weights.clamp_max(MAX_LOG_RATIO).exp();
 
         let kl =
             if c.beta != 0.0 {
@@ -398,15 +400,16 @@ impl PreferenceLoss for GrpoLoss {
         if c.entropy_coef != 0.0 {
             let entropy = self.entropy(&batch, "entropy_coef != 0 adds the mean token entropy")?;
             let effective = match &entropy_mask {
-                Some(kept) => kept.clone().float(),
-                None => maskf.clone(),
+                Some(kept) => kept.clone(),
+                None => mask.clone(),
             };
             let count = match step {
                 Some(step) => Tensor::full([1], step.tokens.max(1.0), &device),
-                None => effective.clone().sum().clamp_min(1.0),
+                None => effective.clone().float().sum().clamp_min(1.0),
             };
+            // Filled, not multiplied: a NaN at padding would survive `· 0`.
             let bonus = entropy
-                .mul(effective)
+                .mask_fill(effective.bool_not(), 0.0)
                 .sum()
                 .div(count)
                 .mul_scalar(c.entropy_coef);
@@ -467,6 +470,12 @@ impl PreferenceLoss for GrpoLoss {
         })
     }
 }
+
+/// The largest log importance ratio taken as it is: `exp` of more overflows `f32`, and the
+/// clip's (or SAPO's gate's) zero gradient times that infinite ratio's would be NaN where the
+/// loss is flat. `e^80 ≈ 5.5e34` leaves room for the product with an advantage and a sum over
+/// tokens; no ratio a trainer meets comes near it.
+pub(crate) const MAX_LOG_RATIO: f64 = 80.0;
 
 /// What a loss type's sum is divided by.
 enum Denominator {

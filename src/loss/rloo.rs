@@ -4,6 +4,7 @@
 
 use burn::tensor::Tensor;
 
+use super::grpo::MAX_LOG_RATIO;
 use super::{LossOutput, PreferenceLoss};
 use crate::batch::CompletionBatch;
 use crate::check;
@@ -97,7 +98,6 @@ impl PreferenceLoss for RlooLoss {
             });
         }
         let mask = batch.mask.clone();
-        let maskf = mask.clone().float();
         let sequence = |tokens: Tensor<2>| {
             tokens
                 .mask_fill(mask.clone().bool_not(), 0.0)
@@ -116,7 +116,7 @@ impl PreferenceLoss for RlooLoss {
             None => logps.clone().detach(),
         };
         let advantages = batch.advantages.clone().reshape([n]);
-        let ratio = logps.sub(old).exp();
+        let ratio = logps.sub(old).clamp_max(MAX_LOG_RATIO).exp();
         let clipped = ratio
             .clone()
             .clamp(1.0 - self.epsilon, 1.0 + self.epsilon_high);
@@ -139,10 +139,8 @@ impl PreferenceLoss for RlooLoss {
         let region = low.clone().bool_or(high.clone());
         let mut metrics = Metrics::new();
         if let Some(entropy) = &batch.entropy {
-            metrics = metrics.with(
-                "entropy",
-                Metric::new(entropy.clone().mul(maskf.clone()).sum(), maskf.sum()),
-            );
+            // Filled, not multiplied: a NaN at padding would survive `· 0`.
+            metrics = metrics.with("entropy", Metric::masked_mean(entropy.clone(), mask));
         }
         metrics = metrics
             .with("clip_ratio/low_mean", Metric::mean(low.float()))

@@ -1,0 +1,177 @@
+//! `CompletionBatch::from_output`: the gatherer's output over prompt + completion rows (prompt
+//! left-padded, completion right-padded) becomes a batch of its last `C` positions — its
+//! per-token log-probs, valid mask and entropies — read back through a loss that weighs every
+//! position differently, and through the gradient with respect to the logits; the errors.
+
+use burn::tensor::{Device, Tensor};
+use burn_preference::batch::CompletionBatch;
+use burn_preference::logps::SequenceLogpsOutput;
+use burn_preference::loss::{GrpoConfig, GrpoLossType};
+use burn_preference::prelude::*;
+
+use crate::common::cases::{case, check_cases};
+use crate::common::gathered::logits;
+use crate::common::{assert_close, autodiff_devices, floats, ints, to_vec};
+
+const ROWS: usize = 3;
+const TIME: usize = 7;
+const COMPLETION: usize = 4;
+const COMPLETION_LENGTHS: [usize; ROWS] = [4, 2, 3];
+
+/// Labels of prompt + completion rows: the prompt (left-padded) and padding ignored, the
+/// completion in the last `COMPLETION` positions, right-padded.
+fn labels() -> Vec<i64> {
+    (0..ROWS)
+        .flat_map(|r| {
+            (0..TIME).map(move |t| {
+                let start = TIME - COMPLETION;
+                if t >= start && t - start < COMPLETION_LENGTHS[r] {
+                    ((r * 5 + t * 3) % 6) as i64
+                } else {
+                    // The prompt's positions (its tokens are no target) and padding.
+                    -100
+                }
+            })
+        })
+        .collect()
+}
+
+fn gather(device: &Device, leaf: &Tensor<3>, token_logps: bool) -> SequenceLogpsOutput {
+    SequenceLogpsConfig::new()
+        .with_return_token_logps(token_logps)
+        .with_return_entropy(true)
+        .init()
+        .unwrap()
+        .forward(leaf.clone(), ints(labels(), [ROWS, TIME], device), None)
+        .unwrap()
+}
+
+/// Per-token advantages that differ at every position, so a shifted column changes the loss.
+fn token_advantages(device: &Device) -> Tensor<2> {
+    floats(
+        (0..ROWS * COMPLETION)
+            .map(|j| 1.0 - 0.37 * j as f32)
+            .collect(),
+        [ROWS, COMPLETION],
+        device,
+    )
+}
+
+/// CISPO on-policy (`−min(1, ε_h)·A·log π`, the token mean) with an entropy bonus: linear in
+/// each position's log-prob and entropy.
+fn loss_of(batch: CompletionBatch) -> LossOutput {
+    GrpoConfig::new()
+        .with_loss_type(GrpoLossType::Cispo)
+        .with_entropy_coef(0.1)
+        .init()
+        .unwrap()
+        .forward(batch)
+        .unwrap()
+}
+
+#[test]
+fn from_output_takes_the_last_positions() {
+    for (name, device) in autodiff_devices() {
+        let leaf = logits(ROWS, TIME, 0.4, &device).require_grad();
+        let out = gather(&device, &leaf, true);
+        let positions = TIME - 1;
+        let token_logps = to_vec(out.token_logps.clone().unwrap());
+        let entropy = to_vec(out.entropy.clone().unwrap());
+        let valid: Vec<bool> = out.valid.clone().into_data().try_to_vec::<bool>().unwrap();
+        // The f64 loss over the last COMPLETION positions of the output.
+        let a: Vec<f32> = to_vec(token_advantages(&device));
+        let (mut policy_sum, mut entropy_sum, mut count) = (0.0, 0.0, 0.0);
+        for r in 0..ROWS {
+            for t in 0..COMPLETION {
+                let j = r * positions + positions - COMPLETION + t;
+                if valid[j] {
+                    policy_sum +=
+                        -0.2 * f64::from(a[r * COMPLETION + t]) * f64::from(token_logps[j]);
+                    entropy_sum += f64::from(entropy[j]);
+                    count += 1.0;
+                }
+            }
+        }
+        // The gatherer counted exactly the completions' tokens.
+        assert_eq!(count, COMPLETION_LENGTHS.iter().sum::<usize>() as f64);
+        let expected = policy_sum / count - 0.1 * entropy_sum / count;
+        let batch = CompletionBatch::from_output(out, COMPLETION, Tensor::zeros([ROWS], &device))
+            .unwrap()
+            .with_token_advantages(token_advantages(&device))
+            .unwrap();
+        assert_eq!((batch.len(), batch.completion_len()), (ROWS, COMPLETION));
+        let got = loss_of(batch);
+        let metrics = got.metrics.log().unwrap();
+        let loss = to_vec(got.loss.clone())[0];
+        assert_close(name, "from_output loss", &[loss], &[expected], 1e-5, 1e-6);
+        let logged = crate::common::logged(&metrics, "entropy").unwrap();
+        assert_close(
+            name,
+            "entropy metric",
+            &[logged as f32],
+            &[entropy_sum / count],
+            1e-5,
+            1e-6,
+        );
+        let grad = to_vec(leaf.grad(&got.loss.backward()).unwrap());
+
+        // The same batch built by hand from the output's slices: the same gradient.
+        let leaf2 = logits(ROWS, TIME, 0.4, &device).require_grad();
+        let out = gather(&device, &leaf2, true);
+        let tail = positions - COMPLETION..positions;
+        let batch = CompletionBatch::new(
+            out.token_logps.unwrap().slice([0..ROWS, tail.clone()]),
+            out.valid.slice([0..ROWS, tail.clone()]),
+            Tensor::zeros([ROWS], &device),
+        )
+        .unwrap()
+        .with_entropy(out.entropy.unwrap().slice([0..ROWS, tail]))
+        .unwrap()
+        .with_token_advantages(token_advantages(&device))
+        .unwrap();
+        let by_hand = loss_of(batch).loss;
+        let grad2 = to_vec(leaf2.grad(&by_hand.backward()).unwrap());
+        let grad2: Vec<f64> = grad2.iter().map(|&g| g.into()).collect();
+        assert_close(name, "∂/∂logits", &grad, &grad2, 1e-6, 1e-9);
+        assert!(grad.iter().any(|g| *g != 0.0));
+    }
+}
+
+#[test]
+fn from_output_errors() {
+    for (name, device) in autodiff_devices() {
+        let leaf = logits(ROWS, TIME, 0.4, &device);
+        let zeros = || Tensor::<1>::zeros([ROWS], &device);
+        let cases = vec![
+            case(
+                "no token log-probs",
+                CompletionBatch::from_output(gather(&device, &leaf, false), COMPLETION, zeros()),
+                "MissingInput",
+                "token_logps",
+            ),
+            case(
+                "completion_len 0",
+                CompletionBatch::from_output(gather(&device, &leaf, true), 0, zeros()),
+                "Shape",
+                "policy.token_logps",
+            ),
+            case(
+                "completion_len too long",
+                CompletionBatch::from_output(gather(&device, &leaf, true), TIME, zeros()),
+                "Shape",
+                "policy.token_logps",
+            ),
+            case(
+                "advantages rows",
+                CompletionBatch::from_output(
+                    gather(&device, &leaf, true),
+                    COMPLETION,
+                    Tensor::zeros([ROWS + 1], &device),
+                ),
+                "BatchMismatch",
+                "advantages",
+            ),
+        ];
+        check_cases(name, cases);
+    }
+}
