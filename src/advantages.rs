@@ -348,7 +348,9 @@ impl RlooAdvantages {
         let raw = weighted_sum(rewards.clone(), weights, unscorable);
         let mut total = raw.clone();
         if let Some((low, high)) = self.config.reward_clip_range {
-            total = total.clamp(low, high);
+            // An unscorable reward stays NaN, whatever the backend's clamp does with NaN.
+            let missing = total.clone().is_nan();
+            total = total.clamp(low, high).mask_fill(missing, f32::NAN);
         }
         let mut kl_metric = None;
         if self.config.beta != 0.0 {

@@ -13,6 +13,7 @@ mod dpo;
 mod dpo_config;
 mod dpop;
 mod fuzz;
+mod grpo;
 mod inputs;
 mod kto;
 mod lipo;

@@ -9,9 +9,9 @@ use burn_preference::batch::CompletionBatch;
 use burn_preference::loss::{GrpoConfig, GrpoLossType, ImportanceSamplingLevel, RlooConfig};
 use burn_preference::prelude::*;
 
+use super::loss::{LOSS_TYPES, check_every_type};
+use super::reference::{Case, Got, bools, finish, reference, run};
 use crate::common::{cpu_autodiff_devices, floats, to_vec};
-use crate::loss::{LOSS_TYPES, check_every_type};
-use crate::reference::{Case, Got, bools, finish, reference, run};
 
 /// Log ratios of ±5 (ratios 148 and 0.0067), alternating by completion, with the KL term.
 #[test]
@@ -94,7 +94,7 @@ fn empty_completions_contribute_nothing() {
     }
     // RLOO too.
     for (name, device) in cpu_autodiff_devices() {
-        let (batch, policy, _) = crate::reference::batch(&all_empty, &device, None);
+        let (batch, policy, _) = super::reference::batch(&all_empty, &device, None);
         let out = RlooConfig::new().init().unwrap().forward(batch).unwrap();
         let got = finish(&all_empty, out, policy, None);
         // r = 1 for every completion: −mean(A).
@@ -137,7 +137,7 @@ fn all_equal_rewards_give_only_the_kl_term() {
                 } else {
                     let want = reference(&case, &cfg, None);
                     assert!(want.loss > 0.0);
-                    crate::reference::assert_matches(
+                    super::reference::assert_matches(
                         name,
                         &format!("equal {loss_type:?}"),
                         &got,
@@ -219,7 +219,7 @@ fn log_ratios_of_plus_minus_1e4_stay_finite() {
             ImportanceSamplingLevel::Sequence,
         ] {
             for loss_type in LOSS_TYPES {
-                for advantages in [[1.0, 0.5, 2.0, 0.3, 1.5, 0.7], crate::reference::ADVANTAGES] {
+                for advantages in [[1.0, 0.5, 2.0, 0.3, 1.5, 0.7], super::reference::ADVANTAGES] {
                     let bounded = sign < 0.0
                         || advantages.iter().all(|a| *a > 0.0)
                         || matches!(
@@ -258,7 +258,7 @@ fn log_ratios_of_plus_minus_1e4_stay_finite() {
         case.old = Some(case.policy.iter().map(|p| p - sign * 1e4).collect());
         case.advantages = vec![1.0, 0.5, 2.0, 0.3, 1.5, 0.7];
         for (name, device) in cpu_autodiff_devices() {
-            let (batch, policy, _) = crate::reference::batch(&case, &device, None);
+            let (batch, policy, _) = super::reference::batch(&case, &device, None);
             let out = RlooConfig::new().init().unwrap().forward(batch).unwrap();
             let got = finish(&case, out, policy, None);
             assert_finite(name, &format!("RLOO log ratio {sign}e4"), &got);
@@ -302,7 +302,7 @@ fn nan_at_masked_positions_does_not_leak() {
     });
     // RLOO.
     for (name, device) in cpu_autodiff_devices() {
-        let (batch, policy, entropy) = crate::reference::batch(&case, &device, None);
+        let (batch, policy, entropy) = super::reference::batch(&case, &device, None);
         let out = RlooConfig::new().init().unwrap().forward(batch).unwrap();
         let got = finish(&case, out, policy, entropy);
         assert_finite(name, "RLOO NaN padding", &got);

@@ -77,7 +77,11 @@ fn from_output_takes_the_last_positions() {
         let positions = TIME - 1;
         let token_logps = to_vec(out.token_logps.clone().unwrap());
         let entropy = to_vec(out.entropy.clone().unwrap());
-        let valid: Vec<bool> = out.valid.clone().into_data().try_to_vec::<bool>().unwrap();
+        // Bool storage differs by backend (u32 on wgpu): read it as floats.
+        let valid: Vec<bool> = to_vec(out.valid.clone().float())
+            .iter()
+            .map(|&v| v > 0.5)
+            .collect();
         // The f64 loss over the last COMPLETION positions of the output.
         let a: Vec<f32> = to_vec(token_advantages(&device));
         let (mut policy_sum, mut entropy_sum, mut count) = (0.0, 0.0, 0.0);

@@ -3,9 +3,6 @@
 //! bad input and `CompletionBatch::from_output`. Mostly on the CPU backends (each case runs
 //! the reference's finite differences too); a few small cases on every device.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod advantages;
 mod bad_input;
 mod edge;

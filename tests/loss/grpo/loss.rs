@@ -7,8 +7,8 @@
 
 use burn_preference::loss::{GrpoConfig, GrpoLossType, ImportanceSamplingLevel};
 
+use super::reference::{Case, assert_matches, high_entropy_mask, quantile, reference, run};
 use crate::common::{assert_close, autodiff_devices, cpu_autodiff_devices};
-use crate::reference::{Case, assert_matches, high_entropy_mask, quantile, reference, run};
 
 pub const LOSS_TYPES: [GrpoLossType; 8] = [
     GrpoLossType::Grpo,
@@ -319,8 +319,8 @@ fn every_option_together() {
 #[test]
 fn normalisers_in_closed_form() {
     let case = Case::base().bare();
-    let lengths = crate::reference::LENGTHS;
-    let a = crate::reference::ADVANTAGES.map(f64::from);
+    let lengths = super::reference::LENGTHS;
+    let a = super::reference::ADVANTAGES.map(f64::from);
     let n = 6.0;
     let tokens: f64 = lengths.iter().sum::<usize>() as f64;
     let sum_tokens: f64 = (0..6).map(|i| -a[i] * lengths[i] as f64).sum();

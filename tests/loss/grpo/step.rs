@@ -9,9 +9,9 @@ use burn_preference::loss::{GrpoConfig, ImportanceSamplingLevel, RlooConfig};
 use burn_preference::metrics::Metrics;
 use burn_preference::prelude::*;
 
+use super::loss::LOSS_TYPES;
+use super::reference::{Case, Got, batch, finish, reference, run};
 use crate::common::{assert_close, cpu_autodiff_devices};
-use crate::loss::LOSS_TYPES;
-use crate::reference::{Case, Got, batch, finish, reference, run};
 
 /// Uneven micro-batches, rows out of order, a micro-batch of one (the empty completion).
 const SPLITS: [&[&[usize]]; 2] = [&[&[0, 1], &[2, 3, 4, 5]], &[&[4, 0], &[2], &[5, 1, 3]]];
@@ -117,7 +117,7 @@ fn assert_invariant(what: &str, case: &Case, cfg: &GrpoConfig) {
             );
             let merged = metrics.log().unwrap();
             let want = whole.metrics.log().unwrap();
-            crate::reference::assert_metrics(name, &what, &whole.metrics, &merged);
+            super::reference::assert_metrics(name, &what, &whole.metrics, &merged);
             assert_eq!(merged.len(), want.len());
         }
     }
@@ -222,7 +222,7 @@ fn rloo_is_step_invariant() {
                 1e-7,
             );
             let merged = metrics.log().unwrap();
-            crate::reference::assert_metrics(name, &what, &whole.metrics, &merged);
+            super::reference::assert_metrics(name, &what, &whole.metrics, &merged);
         }
     }
 }

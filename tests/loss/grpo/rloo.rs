@@ -8,8 +8,8 @@ use burn_preference::batch::CompletionBatch;
 use burn_preference::loss::RlooConfig;
 use burn_preference::prelude::*;
 
+use super::reference::{Case, assert_metrics, batch, bools, finish};
 use crate::common::{assert_close, autodiff_devices, cpu_autodiff_devices, floats, to_vec};
-use crate::reference::{Case, assert_metrics, batch, bools, finish};
 
 /// The loss, shares and metrics at policy log-probs `p` (the old ones held).
 fn objective(

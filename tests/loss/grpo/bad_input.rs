@@ -254,8 +254,14 @@ fn missing_inputs_and_bad_shapes_name_the_argument() {
             ),
             case(
                 "IS ratio shape",
-                valid(d).with_importance_sampling_ratio(f2(&[1.0; 3], [3, 1], d)),
+                valid(d).with_importance_sampling_ratio(f2(&[1.0; 4], [2, 2], d)),
                 "Shape",
+                "importance_sampling_ratio",
+            ),
+            case(
+                "IS ratio rows",
+                valid(d).with_importance_sampling_ratio(f2(&[1.0; 3], [3, 1], d)),
+                "BatchMismatch",
                 "importance_sampling_ratio",
             ),
             case(
@@ -487,7 +493,7 @@ fn value_checks_refuse_non_finite_values() {
             f1(&[1.0, -1.0], d),
         )
         .unwrap();
-        for loss_type in crate::loss::LOSS_TYPES {
+        for loss_type in super::loss::LOSS_TYPES {
             let out = GrpoConfig::new()
                 .with_loss_type(loss_type)
                 .init()
@@ -509,7 +515,7 @@ fn value_checks_refuse_non_finite_values() {
 /// nothing back (the thread's `host_reads` does not move), even with every option on.
 #[test]
 fn without_value_checks_nothing_is_read_back() {
-    let case = crate::reference::Case::base();
+    let case = super::reference::Case::base();
     for (name, device) in autodiff_devices() {
         let before = host_reads();
         let rewards = f2(&[1.0, f32::NAN, 0.5, 2.0, -1.0, 0.0], [6, 1], &device);
@@ -522,7 +528,7 @@ fn without_value_checks_nothing_is_read_back() {
         let kl = RlooKl::from_token_logps(
             f2(case.old.as_ref().unwrap(), [6, 5], &device),
             f2(case.reference.as_ref().unwrap(), [6, 5], &device),
-            crate::reference::bools(&case.mask, [6, 5], &device),
+            super::reference::bools(&case.mask, [6, 5], &device),
         )
         .unwrap();
         let rloo_advantages = RlooAdvantagesConfig::new()
@@ -535,9 +541,9 @@ fn without_value_checks_nothing_is_read_back() {
             .unwrap();
         let mut truncated = case.clone();
         truncated.truncated = Some(vec![false, true, false, false, false, true]);
-        for loss_type in crate::loss::LOSS_TYPES {
+        for loss_type in super::loss::LOSS_TYPES {
             let (batch, _, _) =
-                crate::reference::batch(&truncated, &device, Some(StepTotals::new(6.0, 12.0)));
+                super::reference::batch(&truncated, &device, Some(StepTotals::new(6.0, 12.0)));
             GrpoConfig::new()
                 .with_loss_type(loss_type)
                 .with_beta(0.1)
@@ -551,7 +557,7 @@ fn without_value_checks_nothing_is_read_back() {
                 .forward(batch)
                 .unwrap();
         }
-        let (batch, _, _) = crate::reference::batch(&case, &device, None);
+        let (batch, _, _) = super::reference::batch(&case, &device, None);
         RlooConfig::new()
             .with_value_checks(false)
             .init()
@@ -560,7 +566,7 @@ fn without_value_checks_nothing_is_read_back() {
             .unwrap();
         assert_eq!(host_reads(), before, "[{name}] reads without value checks");
         // With them on, the losses read (and only then).
-        let (batch, _, _) = crate::reference::batch(&case, &device, None);
+        let (batch, _, _) = super::reference::batch(&case, &device, None);
         GrpoConfig::new().init().unwrap().forward(batch).unwrap();
         assert!(host_reads() > before, "[{name}] value checks read");
         drop((grpo_advantages, rloo_advantages));

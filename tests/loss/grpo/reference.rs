@@ -414,6 +414,7 @@ fn objective(
         if step.is_none() {
             metrics.push(("policy_loss", loss));
         }
+        metrics.push(("entropy_coef", cfg.entropy_coef));
         loss -= bonus;
         for l in &mut losses {
             *l -= bonus;
