@@ -99,13 +99,7 @@ impl GrpoAdvantagesConfig {
     /// [`PreferenceError::OutOfRange`] when `num_generations` is 0 or a reward weight is not
     /// finite.
     pub fn init(&self) -> Result<GrpoAdvantages> {
-        check::param(
-            "num_generations",
-            self.num_generations as f64,
-            ">= 1",
-            |k| k >= 1.0,
-        )?;
-        check_weights(&self.reward_weights)?;
+        check_group(self.num_generations, &self.reward_weights)?;
         Ok(GrpoAdvantages {
             config: self.clone(),
         })
@@ -243,14 +237,8 @@ impl RlooAdvantagesConfig {
     /// finite, a reward weight is not finite, or `reward_clip_range` is not an ordered pair
     /// of numbers.
     pub fn init(&self) -> Result<RlooAdvantages> {
-        check::param(
-            "num_generations",
-            self.num_generations as f64,
-            ">= 1",
-            |k| k >= 1.0,
-        )?;
+        check_group(self.num_generations, &self.reward_weights)?;
         check::param("beta", self.beta, ">= 0", |b| b >= 0.0)?;
-        check_weights(&self.reward_weights)?;
         if let Some((low, high)) = self.reward_clip_range {
             check::param("reward_clip_range.0", low, "a number", |_| true)?;
             check::param("reward_clip_range.1", high, ">= reward_clip_range.0", |h| {
@@ -406,8 +394,11 @@ impl RlooAdvantages {
     }
 }
 
-/// Refuses non-finite reward weights.
-fn check_weights(weights: &Option<Vec<f64>>) -> Result<()> {
+/// Refuses `num_generations = 0` and non-finite reward weights.
+fn check_group(num_generations: usize, weights: &Option<Vec<f64>>) -> Result<()> {
+    check::param("num_generations", num_generations as f64, ">= 1", |k| {
+        k >= 1.0
+    })?;
     for &w in weights.iter().flatten() {
         check::param("reward_weights", w, "finite", |_| true)?;
     }

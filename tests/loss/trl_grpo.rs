@@ -104,16 +104,38 @@ fn assert_metrics(what: &str, ours: &Metrics, expected: &Value, names_to_skip: &
     }
 }
 
-/// Elementwise, with the absolute floor at `REL` of the largest entry.
-fn assert_grad(what: &str, actual: Tensor<2>, expected: &Value) {
-    let expected = data_f64(expected);
-    let scale = expected.iter().fold(0f64, |m, x| m.max(x.abs()));
-    assert_close("", what, &to_vec(actual), &expected, REL, REL * scale);
-}
-
-fn flat<const D: usize>(t: Tensor<D>) -> Tensor<2> {
-    let n = t.dims().iter().product::<usize>();
-    t.reshape([1, n])
+/// The gradients of `loss` with respect to the hidden states and the head against TRL's,
+/// elementwise, with the absolute floor at `REL` of the largest entry.
+fn assert_grads(
+    what: &str,
+    loss: Tensor<1>,
+    hidden: &Tensor<3>,
+    head: &Tensor<2>,
+    expected: &Value,
+) {
+    let grads = loss.backward();
+    let check = |name: &str, actual: Vec<f32>, expected: &Value| {
+        let expected = data_f64(expected);
+        let scale = expected.iter().fold(0f64, |m, x| m.max(x.abs()));
+        assert_close(
+            "",
+            &format!("{what} d/d{name}"),
+            &actual,
+            &expected,
+            REL,
+            REL * scale,
+        );
+    };
+    check(
+        "hidden",
+        to_vec(hidden.grad(&grads).unwrap()),
+        &expected["hidden"],
+    );
+    check(
+        "head",
+        to_vec(head.grad(&grads).unwrap()),
+        &expected["head_weight"],
+    );
 }
 
 #[test]
@@ -167,17 +189,7 @@ fn every_grpo_loss_type_matches_trl_1_16() {
                     &case["metrics"],
                     &["clip_ratio/low_min", "clip_ratio/high_max"],
                 );
-                let grads = result.loss.backward();
-                assert_grad(
-                    &format!("{what} d/dhidden"),
-                    flat(hidden.grad(&grads).unwrap()),
-                    &case["grads"]["hidden"],
-                );
-                assert_grad(
-                    &format!("{what} d/dhead"),
-                    flat(head.grad(&grads).unwrap()),
-                    &case["grads"]["head_weight"],
-                );
+                assert_grads(&what, result.loss, &hidden, &head, &case["grads"]);
             }
         }
     }
@@ -285,17 +297,7 @@ fn rloo_advantages_and_loss_match_trl_1_16() {
                     &case["metrics"],
                     &["clip_ratio/low_min", "clip_ratio/high_max"],
                 );
-                let grads = result.loss.backward();
-                assert_grad(
-                    &format!("{what} d/dhidden"),
-                    flat(hidden.grad(&grads).unwrap()),
-                    &case["grads"]["hidden"],
-                );
-                assert_grad(
-                    &format!("{what} d/dhead"),
-                    flat(head.grad(&grads).unwrap()),
-                    &case["grads"]["head_weight"],
-                );
+                assert_grads(&what, result.loss, &hidden, &head, &case["grads"]);
             }
         }
     }
