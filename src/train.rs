@@ -307,7 +307,12 @@ impl<I: Clone + Send + Sync + 'static> DataLoader<MicroBatch> for StepLoader<I> 
             .filter(|&d| {
                 d < self.devices
                     && start == d * per_device
-                    && end == if d + 1 == self.devices { len } else { start + per_device }
+                    && end
+                        == if d + 1 == self.devices {
+                            len
+                        } else {
+                            start + per_device
+                        }
             });
         Arc::new(match device {
             Some(d) => self.with_dataset(self.dataset.clone(), self.devices, d),
@@ -341,9 +346,7 @@ impl<I: Clone + Send + Sync> StepIterator<'_, I> {
         let start = self.next_step * loader.step_size;
         let end = (start + loader.step_size).min(self.order.len());
         self.next_step += 1;
-        let examples = loader
-            .dataset
-            .get_many(self.order[start..end].to_vec())?;
+        let examples = loader.dataset.get_many(self.order[start..end].to_vec())?;
         let (own, all) = loader.shares(examples.len());
         let collate = |r: &std::ops::Range<usize>| {
             (loader.collate)(&examples[r.clone()]).map_err(DatasetError::new)
@@ -357,8 +360,10 @@ impl<I: Clone + Send + Sync> StepIterator<'_, I> {
                 mine.push((batch, range.len()));
             }
         }
-        self.ready
-            .extend(mine.into_iter().map(|(batch, n)| (MicroBatch { batch, step }, n)));
+        self.ready.extend(
+            mine.into_iter()
+                .map(|(batch, n)| (MicroBatch { batch, step }, n)),
+        );
         Ok(())
     }
 }
