@@ -7,7 +7,7 @@
 //! A burn user implements `TrainStep` and `InferenceStep` for their model, as for any burn-train
 //! run. With this module the input is a [`MicroBatch`] and the output a [`PreferenceOutput`]:
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //!
 //! use burn::data::dataset::InMemDataset;
@@ -59,7 +59,7 @@
 //! }
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let device = Device::default();
+//! let device = Device::default().autodiff(); // burn-train trains on an autodiff device
 //! let example = PreferenceExample { prompt: vec![1, 2], chosen: vec![3, 4], rejected: vec![5] };
 //! let dataset = Arc::new(InMemDataset::new(vec![example; 64]));
 //! let collator = PreferenceCollatorConfig::new().init()?;
@@ -69,7 +69,8 @@
 //!     .with_shuffle(7);
 //! let valid = StepLoader::new(dataset, 64, move |e| collator.pad(e))?;
 //! let policy = Policy { logits: EmbeddingConfig::new(8, 8).init(&device) };
-//! let result = SupervisedTraining::new("/tmp/dpo", Arc::new(loader), Arc::new(valid))
+//! let directory = std::env::temp_dir().join("burn-preference-doc");
+//! let result = SupervisedTraining::new(directory, Arc::new(loader), Arc::new(valid))
 //!     .metrics((
 //!         LossMetric::new(),
 //!         PreferenceMetric::new("rewards/accuracies"),
@@ -78,6 +79,7 @@
 //!     .grads_accumulation(4)
 //!     .num_epochs(2)
 //!     .launch(Learner::new(policy, AdamConfig::new().init(), 1e-3));
+//! assert!(result.error.is_none());
 //! # Ok(())
 //! # }
 //! ```
