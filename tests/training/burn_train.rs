@@ -76,3 +76,42 @@ fn accumulation_gives_the_loss_curve_of_whole_steps() {
         .fold(0.0, f32::max);
     assert!(worst <= 1e-5, "largest parameter difference {worst}");
 }
+
+#[test]
+fn the_loader_shares_every_step_among_devices_with_the_step_totals() {
+    use std::sync::Arc;
+
+    use burn::data::dataloader::split::split_dataloader;
+    use burn::data::dataset::InMemDataset;
+    use burn_preference::train::StepLoader;
+
+    // 23 pairs, steps of 10 (the last of 3), 2 devices × 2 micro-batches per step.
+    let data = make_data(23, 1, 9).train;
+    let collator = crate::transformer_example::collator().unwrap();
+    let loader = StepLoader::new(Arc::new(InMemDataset::new(data.clone())), 10, move |e| {
+        collator.pad(e)
+    })
+    .unwrap()
+    .with_micro_batches(2)
+    .unwrap()
+    .with_devices(2)
+    .unwrap()
+    .with_shuffle(1);
+    let shards = split_dataloader(Arc::new(loader), &[Device::flex(), Device::flex()]);
+    let micro: Vec<Vec<_>> = shards
+        .iter()
+        .map(|s| s.iter().map(|m| m.unwrap()).collect())
+        .collect();
+    // Steps of 10, 10, 3 pairs: 2 + 2 + 2 micro-batches on device 0, 2 + 2 + 1 on device 1.
+    assert_eq!((micro[0].len(), micro[1].len()), (6, 5));
+    let pairs =
+        |d: usize| -> Vec<usize> { micro[d].iter().map(|m| m.batch.dims()[0] / 2).collect() };
+    assert_eq!(pairs(0), [3, 2, 3, 2, 1, 1]);
+    assert_eq!(pairs(1), [3, 2, 3, 2, 1]);
+    // Every micro-batch of a step carries the whole step's totals, on both devices.
+    let steps = |d: usize| -> Vec<f64> { micro[d].iter().map(|m| m.step.examples).collect() };
+    assert_eq!(steps(0), [10.0, 10.0, 10.0, 10.0, 3.0, 3.0]);
+    assert_eq!(steps(1), [10.0, 10.0, 10.0, 10.0, 3.0]);
+    assert_eq!(micro[0][0].step, micro[1][1].step);
+    assert_eq!(shards.iter().map(|s| s.num_items()).sum::<usize>(), 23);
+}
