@@ -91,6 +91,8 @@ pub mod metrics;
 mod numerics;
 pub mod prelude;
 pub mod reference;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{PreferenceError, Result};
 

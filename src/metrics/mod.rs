@@ -161,6 +161,12 @@ impl Metrics {
     /// # Errors
     /// [`PreferenceError::Read`](crate::PreferenceError::Read) when the device read fails.
     pub fn log(&self) -> Result<Vec<(&'static str, f64)>> {
+        Ok(self.read()?.into_iter().map(|(n, v, _)| (n, v)).collect())
+    }
+
+    /// What [`log`](Self::log) logs, with how many values each metric counted (a difference
+    /// counts as the fewer of its two sides), in the same one read.
+    pub(crate) fn read(&self) -> Result<Vec<(&'static str, f64, f64)>> {
         if self.entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -172,17 +178,20 @@ impl Metrics {
             .map(|t| t.to_device(&device))
             .collect();
         let values = check::read_floats("metrics", Tensor::cat(parts, 0))?;
-        let mut logged: Vec<(&'static str, f64)> = self
+        let mut logged: Vec<(&'static str, f64, f64)> = self
             .entries
             .iter()
             .zip(values.chunks(2))
             .filter(|(_, pair)| pair[1] > 0.0)
-            .map(|((name, _), pair)| (*name, f64::from(pair[0]) / f64::from(pair[1])))
+            .map(|((name, _), pair)| {
+                let count = f64::from(pair[1]);
+                (*name, f64::from(pair[0]) / count, count)
+            })
             .collect();
         for (name, minuend, subtrahend) in &self.differences {
-            let value = |n: &str| logged.iter().find(|(m, _)| *m == n).map(|(_, v)| *v);
-            if let (Some(a), Some(b)) = (value(minuend), value(subtrahend)) {
-                logged.push((name, a - b));
+            let value = |n: &str| logged.iter().find(|(m, _, _)| *m == n).map(|e| (e.1, e.2));
+            if let (Some((a, m)), Some((b, n))) = (value(minuend), value(subtrahend)) {
+                logged.push((name, a - b, m.min(n)));
             }
         }
         Ok(logged)

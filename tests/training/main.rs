@@ -19,9 +19,16 @@ mod tiny_lm;
 #[allow(dead_code)]
 #[path = "../../examples/common/toy.rs"]
 mod toy_example;
+#[cfg(feature = "train")]
+#[allow(dead_code)]
+#[path = "../../examples/common/train_burn.rs"]
+mod train_burn_example;
 #[allow(dead_code)]
 #[path = "../../examples/common/transformer.rs"]
 mod transformer_example;
+
+#[cfg(feature = "train")]
+mod burn_train;
 
 mod reference;
 mod tiny_lm_losses;
