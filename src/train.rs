@@ -5,7 +5,7 @@
 //! burn-train's metric system (its CLI renderer, the `tui` feature's dashboard, its loggers).
 //!
 //! A burn user implements `TrainStep` and `InferenceStep` for their model, as for any burn-train
-//! run. With this module the input is a [`MicroBatch`] and the output a [`PreferenceOutput`]:
+//! run. With this module the input is a [`MicroBatch`] and the output a [`LossItem`]:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -19,7 +19,7 @@
 //! use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
 //! use burn_preference::data::PreferenceExample;
 //! use burn_preference::prelude::*;
-//! use burn_preference::train::{MicroBatch, PreferenceMetric, PreferenceOutput, StepLoader};
+//! use burn_preference::train::{MicroBatch, TrlMetric, LossItem, StepLoader};
 //!
 //! /// A toy policy: next-token logits from the current token alone.
 //! #[derive(Module, Debug)]
@@ -43,18 +43,18 @@
 //!
 //! impl TrainStep for Policy {
 //!     type Input = MicroBatch;
-//!     type Output = PreferenceOutput;
-//!     fn step(&self, micro: MicroBatch) -> TrainOutput<PreferenceOutput> {
+//!     type Output = LossItem;
+//!     fn step(&self, micro: MicroBatch) -> TrainOutput<LossItem> {
 //!         // burn-train's steps return no `Result`: a bad batch stops the run here.
-//!         PreferenceOutput::train(self, self.dpo(micro).expect("a valid batch"))
+//!         LossItem::train(self, self.dpo(micro).expect("a valid batch"))
 //!     }
 //! }
 //!
 //! impl InferenceStep for Policy {
 //!     type Input = MicroBatch;
-//!     type Output = PreferenceOutput;
-//!     fn step(&self, micro: MicroBatch) -> PreferenceOutput {
-//!         PreferenceOutput::new(self.dpo(micro).expect("a valid batch"))
+//!     type Output = LossItem;
+//!     fn step(&self, micro: MicroBatch) -> LossItem {
+//!         LossItem::new(self.dpo(micro).expect("a valid batch"))
 //!     }
 //! }
 //!
@@ -73,8 +73,8 @@
 //! let result = SupervisedTraining::new(directory, Arc::new(loader), Arc::new(valid))
 //!     .metrics((
 //!         LossMetric::new(),
-//!         PreferenceMetric::new("rewards/accuracies"),
-//!         PreferenceMetric::new("rewards/margins"),
+//!         TrlMetric::new("rewards/accuracies"),
+//!         TrlMetric::new("rewards/margins"),
 //!     ))
 //!     .grads_accumulation(4)
 //!     .num_epochs(2)
@@ -398,10 +398,10 @@ impl<I: Clone + Send + Sync> DataLoaderIterator<MicroBatch> for StepIterator<'_,
 /// micro-batch's loss, its examples' losses and its TRL metrics, detached. burn-train's
 /// [`LossMetric`](burn::train::metric::LossMetric) shows the mean of the examples' losses
 /// (weighted by their number over an epoch: the epoch's mean per example, whatever the
-/// micro-batching); a [`PreferenceMetric`] shows one TRL metric. The metrics are read back on
+/// micro-batching); a [`TrlMetric`] shows one TRL metric. The metrics are read back on
 /// burn-train's metric thread, all in one read per micro-batch.
 #[derive(Debug, Clone)]
-pub struct PreferenceOutput {
+pub struct LossItem {
     /// The loss that was optimised `[1]`: with step totals, the micro-batch's share of its
     /// step's loss.
     pub loss: Tensor<1>,
@@ -413,7 +413,7 @@ pub struct PreferenceOutput {
     read: Vec<(&'static str, f64, f64)>,
 }
 
-impl PreferenceOutput {
+impl LossItem {
     /// A loss's output, detached: what an `InferenceStep` returns.
     pub fn new(out: LossOutput) -> Self {
         Self {
@@ -432,7 +432,7 @@ impl PreferenceOutput {
     }
 }
 
-impl ItemLazy for PreferenceOutput {
+impl ItemLazy for LossItem {
     fn sync(self) -> std::result::Result<Self, ExecutionError> {
         let read = self
             .metrics
@@ -448,21 +448,21 @@ impl ItemLazy for PreferenceOutput {
     }
 }
 
-impl Adaptor<LossInput> for PreferenceOutput {
+impl Adaptor<LossInput> for LossItem {
     fn adapt(&self) -> LossInput {
         LossInput::new(self.losses.clone())
     }
 }
 
-/// The TRL metrics of a micro-batch, read: what a [`PreferenceMetric`] takes.
+/// The TRL metrics of a micro-batch, read: what a [`TrlMetric`] takes.
 #[derive(Debug, Clone)]
-pub struct PreferenceMetricInput {
+pub struct TrlMetricInput {
     read: Vec<(&'static str, f64, f64)>,
 }
 
-impl Adaptor<PreferenceMetricInput> for PreferenceOutput {
-    fn adapt(&self) -> PreferenceMetricInput {
-        PreferenceMetricInput {
+impl Adaptor<TrlMetricInput> for LossItem {
+    fn adapt(&self) -> TrlMetricInput {
+        TrlMetricInput {
             read: self.read.clone(),
         }
     }
@@ -474,13 +474,13 @@ impl Adaptor<PreferenceMetricInput> for PreferenceOutput {
 /// a metric's name as a log file's name, so `/` shows as `_` (`rewards_accuracies`). A metric
 /// the loss does not report, or that a micro-batch did not count, shows no value for it.
 #[derive(Clone)]
-pub struct PreferenceMetric {
+pub struct TrlMetric {
     key: &'static str,
     name: MetricName,
     state: NumericMetricState,
 }
 
-impl PreferenceMetric {
+impl TrlMetric {
     /// The metric logged under `key`.
     pub fn new(key: &'static str) -> Self {
         Self {
@@ -491,8 +491,8 @@ impl PreferenceMetric {
     }
 }
 
-impl Metric for PreferenceMetric {
-    type Input = PreferenceMetricInput;
+impl Metric for TrlMetric {
+    type Input = TrlMetricInput;
 
     fn name(&self) -> MetricName {
         self.name.clone()
@@ -509,7 +509,7 @@ impl Metric for PreferenceMetric {
 
     fn update(
         &mut self,
-        item: &PreferenceMetricInput,
+        item: &TrlMetricInput,
         _metadata: &MetricMetadata,
     ) -> std::result::Result<SerializedEntry, burn::tensor::TensorReadError> {
         match item.read.iter().find(|(name, _, _)| *name == self.key) {
@@ -532,7 +532,7 @@ impl Metric for PreferenceMetric {
     }
 }
 
-impl Numeric for PreferenceMetric {
+impl Numeric for TrlMetric {
     fn value(&self) -> Option<NumericEntry> {
         Some(self.state.current_value())
     }

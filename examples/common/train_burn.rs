@@ -23,7 +23,7 @@ use burn::train::{
 use burn_preference::data::PreferenceExample;
 use burn_preference::logps::SequenceLogps;
 use burn_preference::prelude::*;
-use burn_preference::train::{MicroBatch, PreferenceMetric, PreferenceOutput, StepLoader};
+use burn_preference::train::{LossItem, MicroBatch, StepLoader, TrlMetric};
 
 // The module's name in the example and in tests/training (which has its own `transformer`).
 use super::transformer_example::{Transformer, collator, sequence_logps};
@@ -104,20 +104,20 @@ impl AutodiffLike for burn::tensor::Tensor<1> {
 
 impl TrainStep for DpoModel {
     type Input = MicroBatch;
-    type Output = PreferenceOutput;
+    type Output = LossItem;
 
-    fn step(&self, micro: MicroBatch) -> TrainOutput<PreferenceOutput> {
+    fn step(&self, micro: MicroBatch) -> TrainOutput<LossItem> {
         // burn-train's steps return no `Result`: a batch the loss refuses ends the run.
-        PreferenceOutput::train(self, self.loss(&micro).expect("a valid DPO batch"))
+        LossItem::train(self, self.loss(&micro).expect("a valid DPO batch"))
     }
 }
 
 impl InferenceStep for DpoModel {
     type Input = MicroBatch;
-    type Output = PreferenceOutput;
+    type Output = LossItem;
 
-    fn step(&self, micro: MicroBatch) -> PreferenceOutput {
-        PreferenceOutput::new(self.loss(&micro).expect("a valid DPO batch"))
+    fn step(&self, micro: MicroBatch) -> LossItem {
+        LossItem::new(self.loss(&micro).expect("a valid DPO batch"))
     }
 }
 
@@ -233,8 +233,8 @@ pub fn fit(
     let mut training = SupervisedTraining::new(&run.directory, Arc::new(loader), Arc::new(valid))
         .metrics((
             LossMetric::new(),
-            PreferenceMetric::new("rewards/accuracies"),
-            PreferenceMetric::new("rewards/margins"),
+            TrlMetric::new("rewards/accuracies"),
+            TrlMetric::new("rewards/margins"),
         ))
         // burn-train's own file logger (its default, which a second logger would replace).
         .with_metric_logger(FileMetricLogger::new(&run.directory))
