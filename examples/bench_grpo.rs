@@ -124,9 +124,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?;
     let reps: usize = flags.value("reps")?.unwrap_or(5);
     let loss_name = flags.text("loss").unwrap_or("dapo").to_string();
-    let loss_type: GrpoLossType =
-        serde_json::from_value(serde_json::Value::String(loss_name.clone()))
-            .map_err(|_| format!("--loss: unknown loss_type {loss_name}"))?;
+    let loss_type: GrpoLossType = loss_name.parse()?;
     let beta: f64 = flags.value("beta")?.unwrap_or(0.0);
     let config = GrpoConfig::new()
         .with_loss_type(loss_type)

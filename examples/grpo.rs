@@ -13,7 +13,7 @@
 //!    (`SequenceLogps::forward_linear`, `CompletionBatch::from_output`) and takes one Adam
 //!    step on `GrpoConfig`'s loss. With `--iterations 1` (the default, TRL's
 //!    `num_iterations`) the policy is the sampling policy: the ratio is 1 and nothing is
-//!    clipped; with more, the sampling policy's log-probs are kept (`with_old_logps`) and the
+//!    clipped; with more, the sampling policy's log-probs are kept (`with_old_output`) and the
 //!    later steps on the same completions are clipped.
 //!
 //! Every 10 steps (and before the first) the greedy exact-match accuracy on the held-out sums;
@@ -83,8 +83,8 @@ const USAGE: &str = "grpo [--loss dapo|grpo|bnpo|dr_grpo|cispo|sapo|luspo|vespo[
 
 /// A `loss_type` by TRL's name.
 fn loss_type(name: &str) -> Res<GrpoLossType> {
-    serde_json::from_value(serde_json::Value::String(name.to_string()))
-        .map_err(|_| format!("--loss {name}: not a GRPO loss_type\nusage: {USAGE}").into())
+    name.parse()
+        .map_err(|e| format!("--loss: {e}\nusage: {USAGE}").into())
 }
 
 /// The model after `steps` of SFT on the training sums, from random weights.
@@ -221,10 +221,7 @@ fn grpo(
                 plain_inputs.labels,
                 None,
             )?;
-            let token_logps = out.token_logps.ok_or("no token log-probs")?;
-            let [rows, positions] = token_logps.dims();
-            let tail = positions - COMPLETION_LEN..positions;
-            Some(token_logps.slice([0..rows, tail]).autodiff())
+            Some(out)
         } else {
             None
         };
@@ -240,7 +237,7 @@ fn grpo(
             let mut batch =
                 CompletionBatch::from_output(out, COMPLETION_LEN, advantages.advantages.clone())?;
             if let Some(old) = &old {
-                batch = batch.with_old_logps(old.clone())?;
+                batch = batch.with_old_output(old.clone())?;
             }
             let out = loss.forward(batch)?;
             metrics = metrics.merge(out.metrics);

@@ -161,6 +161,29 @@ impl CompletionBatch {
         Ok(self)
     }
 
+    /// The sampling policy's per-token log-probs from the gatherer's output over the same
+    /// rows (gathered without gradient, e.g. before the first update of a generation): the
+    /// same positions [`from_output`](Self::from_output) takes, as
+    /// [`with_old_logps`](Self::with_old_logps).
+    ///
+    /// # Errors
+    /// [`PreferenceError::MissingInput`] without per-token log-probs;
+    /// [`PreferenceError::Shape`], [`PreferenceError::DeviceMismatch`].
+    pub fn with_old_output(self, old: SequenceLogpsOutput) -> Result<Self> {
+        let old = self.completion_positions("old", old)?;
+        self.with_old_logps(old)
+    }
+
+    /// The reference model's per-token log-probs from the gatherer's output over the same
+    /// rows, as [`with_reference`](Self::with_reference).
+    ///
+    /// # Errors
+    /// As [`with_old_output`](Self::with_old_output).
+    pub fn with_reference_output(self, reference: SequenceLogpsOutput) -> Result<Self> {
+        let reference = self.completion_positions("reference", reference)?;
+        self.with_reference(reference)
+    }
+
     /// The reference model's per-token log-probs `[N, C]` (TRL's `ref_per_token_logps`,
     /// detached), for the KL term (`beta > 0`).
     ///
@@ -261,6 +284,29 @@ impl CompletionBatch {
     /// `C`, the positions of each completion.
     pub fn completion_len(&self) -> usize {
         self.policy.dims()[1]
+    }
+
+    /// The last `C` positions of another output's per-token log-probs.
+    fn completion_positions(
+        &self,
+        arg: &'static str,
+        output: SequenceLogpsOutput,
+    ) -> Result<Tensor<2>> {
+        let token_logps = output.token_logps.ok_or(PreferenceError::MissingInput {
+            loss: "CompletionBatch",
+            arg,
+            why: "its per-token log-probs: gather with `SequenceLogpsConfig::return_token_logps` on",
+        })?;
+        let [rows, positions] = token_logps.dims();
+        let width = self.completion_len();
+        if positions < width {
+            return Err(PreferenceError::Shape {
+                arg,
+                expected: format!("[N, T'] with T' >= C = {width}"),
+                actual: vec![rows, positions],
+            });
+        }
+        Ok(token_logps.slice([0..rows, positions - width..positions]))
     }
 
     /// Checks a per-token input against the policy's shape and device.

@@ -2,6 +2,9 @@
 //! LUSPO, VESPO): a clipped policy-gradient loss over sampled completions and their
 //! group-relative advantages, TRL 1.16's `GRPOTrainer` loss, every `loss_type`.
 
+use std::fmt;
+use std::str::FromStr;
+
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -41,6 +44,56 @@ pub enum GrpoLossType {
     /// `−φ(w)·A·log π` with the gamma weight `φ(w) = e^{λ}·w^k·e^{−λw}` of the sequence ratio
     /// `w` (detached), the token mean over the step (VESPO).
     Vespo,
+}
+
+impl GrpoLossType {
+    /// Every loss type, in TRL's order.
+    pub const ALL: [GrpoLossType; 8] = [
+        GrpoLossType::Grpo,
+        GrpoLossType::Bnpo,
+        GrpoLossType::DrGrpo,
+        GrpoLossType::Dapo,
+        GrpoLossType::Cispo,
+        GrpoLossType::Sapo,
+        GrpoLossType::Luspo,
+        GrpoLossType::Vespo,
+    ];
+
+    /// TRL's string for this type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrpoLossType::Grpo => "grpo",
+            GrpoLossType::Bnpo => "bnpo",
+            GrpoLossType::DrGrpo => "dr_grpo",
+            GrpoLossType::Dapo => "dapo",
+            GrpoLossType::Cispo => "cispo",
+            GrpoLossType::Sapo => "sapo",
+            GrpoLossType::Luspo => "luspo",
+            GrpoLossType::Vespo => "vespo",
+        }
+    }
+}
+
+impl fmt::Display for GrpoLossType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GrpoLossType {
+    type Err = PreferenceError;
+
+    /// TRL's name, e.g. `"dr_grpo"`.
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| PreferenceError::InvalidValue {
+                arg: "loss_type",
+                expected: "one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo",
+                found: format!("{s:?}"),
+            })
+    }
 }
 
 /// Where the importance ratio is taken (TRL's `importance_sampling_level`).

@@ -179,3 +179,73 @@ fn from_output_errors() {
         check_cases(name, cases);
     }
 }
+
+#[test]
+fn old_and_reference_outputs_take_the_completion_positions() {
+    for (name, device) in autodiff_devices() {
+        let policy = gather(&device, &logits(ROWS, TIME, 0.4, &device), true);
+        let old = gather(&device, &logits(ROWS, TIME, 0.7, &device), true);
+        let reference = gather(&device, &logits(ROWS, TIME, 0.2, &device), true);
+        let tail = |out: &SequenceLogpsOutput| {
+            let positions = TIME - 1;
+            out.token_logps
+                .clone()
+                .unwrap()
+                .slice([0..ROWS, positions - COMPLETION..positions])
+        };
+        let advantages = floats(vec![1.0, -0.5, 0.25], [ROWS], &device);
+        // GRPO with β and sequence-free token ratios: both inputs change the loss.
+        let loss = GrpoConfig::new().with_beta(0.1).init().unwrap();
+        let by_output =
+            CompletionBatch::from_output(policy.clone(), COMPLETION, advantages.clone())
+                .unwrap()
+                .with_old_output(old.clone())
+                .unwrap()
+                .with_reference_output(reference.clone())
+                .unwrap();
+        let by_hand = CompletionBatch::from_output(policy, COMPLETION, advantages)
+            .unwrap()
+            .with_old_logps(tail(&old))
+            .unwrap()
+            .with_reference(tail(&reference))
+            .unwrap();
+        let expected = loss.forward(by_hand).unwrap().loss.into_scalar::<f32>();
+        let got = loss.forward(by_output).unwrap().loss.into_scalar::<f32>();
+        assert_eq!(got, expected, "[{name}]");
+        assert_ne!(expected, 0.0, "[{name}] the inputs must matter");
+        // An output without per-token log-probs names the argument.
+        let bare = gather(&device, &logits(ROWS, TIME, 0.7, &device), false);
+        let batch = CompletionBatch::from_output(
+            gather(&device, &logits(ROWS, TIME, 0.4, &device), true),
+            COMPLETION,
+            floats(vec![1.0, -0.5, 0.25], [ROWS], &device),
+        )
+        .unwrap();
+        let err = batch.with_old_output(bare).err().expect("an error");
+        assert!(
+            matches!(err, PreferenceError::MissingInput { arg: "old", .. }),
+            "[{name}] {err}"
+        );
+    }
+}
+
+#[test]
+fn loss_types_parse_from_trl_names() {
+    for loss_type in GrpoLossType::ALL {
+        let name = loss_type.to_string();
+        assert_eq!(name.parse::<GrpoLossType>().unwrap(), loss_type);
+        // The serde name is TRL's string too.
+        assert_eq!(serde_json::to_value(loss_type).unwrap(), name.as_str());
+    }
+    let err = "ppo".parse::<GrpoLossType>().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PreferenceError::InvalidValue {
+                arg: "loss_type",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
