@@ -9,7 +9,7 @@ beta (random reference log-probs when beta > 0), per-token entropies computed (T
   trl16   TRL 1.16's own GRPOTrainer._compute_loss on a model patched with TRL's own add_fused_lm_head (the fused,
           tiled LM head its trainer uses); the model's backbone returns the hidden states, after a 1-token prompt.
   liger   Liger-Kernel's LigerFusedLinearGRPOLoss (chunked over the batch, the logits of one chunk at a time),
-          torch.compile'd when inductor can compile here, else eager.
+          torch.compile'd (its default) when inductor can compile here, else eager (said on stderr).
   matmul  logits = hidden @ W.T, log_softmax, gather, entropy, then TRL's per-token dapo/grpo formula in plain torch.
 With --only NAME only that implementation runs, so that the process's peak memory (peak_rss_gb, inputs included) is its
 own.
