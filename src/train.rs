@@ -19,7 +19,7 @@
 //! use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
 //! use burn_preference::data::PreferenceExample;
 //! use burn_preference::prelude::*;
-//! use burn_preference::train::{MicroBatch, TrlMetric, LossItem, StepLoader};
+//! use burn_preference::train::{LossItem, MicroBatch, StepLoader, TrlMetric};
 //!
 //! /// A toy policy: next-token logits from the current token alone.
 //! #[derive(Module, Debug)]
