@@ -228,7 +228,16 @@ fn rloo_advantages_and_loss_match_trl_1_16() {
     let completion = shape(&batch_json["completion_ids"])[1];
     for (device_name, device) in autodiff_devices() {
         for path in [Path::Linear, Path::Logits] {
-            for case in section["cases"].as_array().expect("cases") {
+            for (index, case) in section["cases"]
+                .as_array()
+                .expect("cases")
+                .iter()
+                .enumerate()
+            {
+                // As for GRPO: wgpu's logits path on every fifth case.
+                if device_name == "wgpu" && matches!(path, Path::Logits) && index % 5 != 0 {
+                    continue;
+                }
                 let what = format!("[{device_name} {path:?}] {}", case["name"]);
                 // Advantages: TRL's block on the case's rewards and the batch's old and
                 // reference log-probs.
