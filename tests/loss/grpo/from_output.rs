@@ -221,7 +221,10 @@ fn old_and_reference_outputs_take_the_completion_positions() {
             floats(vec![1.0, -0.5, 0.25], [ROWS], &device),
         )
         .unwrap();
-        let err = batch.with_old_output(bare).err().expect("an error");
+        let err = batch
+            .with_old_output(bare)
+            .map(|_| ())
+            .expect_err("an error");
         assert!(
             matches!(err, PreferenceError::MissingInput { arg: "old", .. }),
             "[{name}] {err}"
