@@ -1,5 +1,5 @@
-//! Quickstart: sequence log-probs, log-ratios and the pairwise and ranked losses on a tiny
-//! batch.
+//! Quickstart: sequence log-probs, log-ratios, the pairwise and ranked losses and GRPO on a
+//! tiny batch.
 //!
 //! ```sh
 //! cargo run --example quickstart                                   # CPU (flex)
@@ -174,19 +174,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let lm_head = Tensor::<2>::random([vocab, width], Distribution::Normal(0.0, 0.5), &device);
     let fused = gatherer.forward_linear(hidden.clone(), lm_head.clone(), labels.clone(), None)?;
-    let logits = hidden.matmul(lm_head.transpose().unsqueeze_dim(0));
-    let materialised = gatherer.forward(logits, labels, None)?;
+    let logits = hidden
+        .clone()
+        .matmul(lm_head.clone().transpose().unsqueeze_dim(0));
+    let materialised = gatherer.forward(logits, labels.clone(), None)?;
     println!("\nLM head, fused:        {}", show(&fused.logps));
-    println!("LM head, materialised: {}", show(&materialised.logps));
+    println!("LM head, materialised: {}\n", show(&materialised.logps));
+
+    // GRPO learns from completions the policy sampled and a reward scored. Read the four rows
+    // as 2 prompts × K = 2 samples (prompt-major), rewarded 1 (right) or 0 (wrong): each
+    // sample's advantage is its reward against its group's. The per-token log-probs and
+    // entropies come from the same pass over the LM head.
+    let rewards = Tensor::<2>::from_floats([[1.0], [0.0], [0.0], [1.0]], &device);
+    let advantages = GrpoAdvantagesConfig::new()
+        .with_num_generations(2)
+        .init()?
+        .forward(rewards)?;
+    println!("GRPO advantages: {}", show(&advantages.advantages));
+    let sampled = SequenceLogpsConfig::new()
+        .with_return_token_logps(true)
+        .with_return_entropy(true)
+        .init()?
+        .forward_linear(hidden, lm_head, labels, None)?;
+    // Every predicted position; the labels' −100 leave the prompts and the padding out.
+    let completions = CompletionBatch::from_output(sampled, time - 1, advantages.advantages)?;
+    report(
+        "GRPO (loss_type dapo, TRL's default)",
+        GrpoConfig::new().init()?.forward(completions)?,
+    )?;
     Ok(())
 }
 
-/// The loss, each prompt's share of it, and the metrics under TRL's names (batch means,
-/// read back in one go).
+/// The loss, each example's share of it (a prompt's; a completion's for GRPO), and the
+/// metrics under TRL's names (batch means, read back in one go).
 fn report(name: &str, out: LossOutput) -> Result<()> {
     println!("{name}");
     println!(
-        "  loss {:.6}   per prompt {}",
+        "  loss {:.6}   per example {}",
         out.loss.into_scalar::<f32>(),
         show(&out.losses)
     );
