@@ -494,14 +494,7 @@ impl PreferenceLoss for GrpoLoss {
             | GrpoLossType::Dapo
             | GrpoLossType::Luspo => {
                 let (r, a) = broadcast(clipped_ratio, advantages);
-                let low = r
-                    .clone()
-                    .lower_elem(1.0 - c.epsilon)
-                    .bool_and(a.clone().lower_elem(0.0));
-                let high = r
-                    .greater_elem(1.0 + self.epsilon_high)
-                    .bool_and(a.greater_elem(0.0));
-                let region = low.clone().bool_or(high.clone());
+                let [low, high, region] = clipped(r, a, c.epsilon, self.epsilon_high);
                 metrics = metrics
                     .with("clip_ratio/low_mean", shaped_mean(low.float(), &mask))
                     .with("clip_ratio/high_mean", shaped_mean(high.float(), &mask))
@@ -606,6 +599,25 @@ impl GrpoLoss {
         let bad = phi.clone().is_nan().bool_or(phi.clone().is_inf());
         phi.mask_fill(bad, 0.0).detach()
     }
+}
+
+/// TRL's clip flags: a ratio below `1 − ε_l` with a negative advantage (low), above
+/// `1 + ε_h` with a positive one (high), and either (region).
+pub(crate) fn clipped<const D: usize>(
+    ratio: Tensor<D>,
+    advantages: Tensor<D>,
+    epsilon_low: f64,
+    epsilon_high: f64,
+) -> [Tensor<D, Bool>; 3] {
+    let low = ratio
+        .clone()
+        .lower_elem(1.0 - epsilon_low)
+        .bool_and(advantages.clone().lower_elem(0.0));
+    let high = ratio
+        .greater_elem(1.0 + epsilon_high)
+        .bool_and(advantages.greater_elem(0.0));
+    let region = low.clone().bool_or(high.clone());
+    [low, high, region]
 }
 
 /// Each row's mean over its counted positions `[N, 1]` (0 for a row without one).

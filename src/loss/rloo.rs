@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use super::grpo::MAX_LOG_RATIO;
+use super::grpo::{MAX_LOG_RATIO, clipped};
 use super::{LossOutput, PreferenceLoss};
 use crate::batch::CompletionBatch;
 use crate::check;
@@ -117,26 +117,19 @@ impl PreferenceLoss for RlooLoss {
         };
         let advantages = batch.advantages.clone().reshape([n]);
         let ratio = logps.sub(old).clamp_max(MAX_LOG_RATIO).exp();
-        let clipped = ratio
+        let bounded = ratio
             .clone()
             .clamp(1.0 - self.epsilon, 1.0 + self.epsilon_high);
         let losses = ratio
             .clone()
             .mul(advantages.clone())
-            .min_pair(clipped.mul(advantages.clone()))
+            .min_pair(bounded.mul(advantages.clone()))
             .neg();
         let denominator = batch.step.map_or(n as f64, |step| step.examples);
         let loss = losses.clone().sum().div_scalar(denominator);
         let losses = losses.mul_scalar(n as f64 / denominator);
 
-        let low = ratio
-            .clone()
-            .lower_elem(1.0 - self.epsilon)
-            .bool_and(advantages.clone().lower_elem(0.0));
-        let high = ratio
-            .greater_elem(1.0 + self.epsilon_high)
-            .bool_and(advantages.greater_elem(0.0));
-        let region = low.clone().bool_or(high.clone());
+        let [low, high, region] = clipped(ratio, advantages, self.epsilon, self.epsilon_high);
         let mut metrics = Metrics::new();
         if let Some(entropy) = &batch.entropy {
             // Filled, not multiplied: a NaN at padding would survive `· 0`.

@@ -10,16 +10,7 @@ use burn_preference::loss::{GrpoConfig, GrpoLossType, ImportanceSamplingLevel};
 use super::reference::{Case, assert_matches, high_entropy_mask, quantile, reference, run};
 use crate::common::{assert_close, autodiff_devices, cpu_autodiff_devices};
 
-pub const LOSS_TYPES: [GrpoLossType; 8] = [
-    GrpoLossType::Grpo,
-    GrpoLossType::Bnpo,
-    GrpoLossType::DrGrpo,
-    GrpoLossType::Dapo,
-    GrpoLossType::Cispo,
-    GrpoLossType::Sapo,
-    GrpoLossType::Luspo,
-    GrpoLossType::Vespo,
-];
+pub const LOSS_TYPES: [GrpoLossType; 8] = GrpoLossType::ALL;
 
 /// Every loss type with `configure` applied, on the CPU autodiff devices, against the
 /// reference. A small `max_completion_length` keeps `dr_grpo`'s values of the others' size.
