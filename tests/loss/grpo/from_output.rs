@@ -252,3 +252,101 @@ fn loss_types_parse_from_trl_names() {
         "{err}"
     );
 }
+
+/// Packed rows through the LM head: two prompt + completion sequences in one row, gathered
+/// with `forward_linear_packed` (one row per segment, `[S, W]`) and taken whole
+/// (`completion_len = W`), give the loss, entropy and gradients of the same sequences padded one
+/// per row (prompt left-padded, completion right-padded, the last `C` positions).
+#[test]
+fn packed_rows_give_the_padded_loss() {
+    use burn_preference::data::Segments;
+    const H: usize = 6;
+    const V: usize = 11;
+    // Sequence 0: prompt [1, 2], completion [3, 4, 5]; sequence 1: prompt [6], completion
+    // [7, 8]. Padded: the prompts left-padded to 2, the completions right-padded to C = 3.
+    let padded_labels = vec![-100, -100, 3, 4, 5, -100, -100, 7, 8, -100];
+    let packed_labels = vec![-100, -100, 3, 4, 5, -100, 7, 8];
+    // Hidden states per token of each sequence; padding positions get values of their own,
+    // which must not matter.
+    let token_hidden = |seq: usize, pos: usize| -> Vec<f32> {
+        (0..H)
+            .map(|h| ((seq * 7 + pos * 3 + h) as f32 * 0.37).sin())
+            .collect()
+    };
+    // Padded [2, 5, H]: row 0 = sequence 0; row 1 = a pad, sequence 1, a pad.
+    let mut padded = Vec::new();
+    for pos in 0..5 {
+        padded.extend(token_hidden(0, pos));
+    }
+    padded.extend(vec![-0.5; H]);
+    for pos in 0..3 {
+        padded.extend(token_hidden(1, pos));
+    }
+    padded.extend(vec![0.25; H]);
+    let mut packed = Vec::new();
+    for pos in 0..5 {
+        packed.extend(token_hidden(0, pos));
+    }
+    for pos in 0..3 {
+        packed.extend(token_hidden(1, pos));
+    }
+    let weight: Vec<f32> = (0..V * H).map(|i| ((i * 13) as f32 * 0.11).cos()).collect();
+    for (name, device) in autodiff_devices() {
+        let gatherer = SequenceLogpsConfig::new()
+            .with_return_token_logps(true)
+            .with_return_entropy(true)
+            .with_chunk_rows(4)
+            .init()
+            .unwrap();
+        let config = GrpoConfig::new().with_entropy_coef(0.1).init().unwrap();
+        let advantages = || floats(vec![1.0, -0.5], [2], &device);
+        let run = |hidden: Vec<f32>, dims: [usize; 3], labels: Vec<i64>, packed: bool| {
+            let hidden = floats(hidden, dims, &device).require_grad();
+            let head = floats(weight.clone(), [V, H], &device).require_grad();
+            let labels = ints(labels, [dims[0], dims[1]], &device);
+            let (out, width) = if packed {
+                let segments = Segments::from_cu_seqlens(&[0, 5, 8], 1, 8).unwrap();
+                let out = gatherer
+                    .forward_linear_packed(hidden.clone(), head.clone(), labels, &segments)
+                    .unwrap();
+                let width = out.token_logps.as_ref().unwrap().dims()[1];
+                (out, width)
+            } else {
+                let out = gatherer
+                    .forward_linear(hidden.clone(), head.clone(), labels, None)
+                    .unwrap();
+                (out, 3)
+            };
+            let batch = CompletionBatch::from_output(out, width, advantages()).unwrap();
+            let result = config.forward(batch).unwrap();
+            let logged = result.metrics.log().unwrap();
+            let grads = result.loss.clone().backward();
+            (
+                result.loss.into_scalar::<f32>(),
+                logged,
+                to_vec(head.grad(&grads).unwrap()),
+            )
+        };
+        let (padded_loss, padded_metrics, padded_grad) =
+            run(padded.clone(), [2, 5, H], padded_labels.clone(), false);
+        let (packed_loss, packed_metrics, packed_grad) =
+            run(packed.clone(), [1, 8, H], packed_labels.clone(), true);
+        let expected: Vec<f64> = padded_grad.iter().map(|&g| f64::from(g)).collect();
+        assert_close(
+            name,
+            "loss",
+            &[packed_loss],
+            &[f64::from(padded_loss)],
+            1e-5,
+            1e-7,
+        );
+        assert_close(name, "d/dhead", &packed_grad, &expected, 1e-4, 1e-6);
+        assert_eq!(
+            packed_metrics.iter().map(|m| m.0).collect::<Vec<_>>(),
+            padded_metrics.iter().map(|m| m.0).collect::<Vec<_>>()
+        );
+        for ((metric, got), (_, want)) in packed_metrics.iter().zip(&padded_metrics) {
+            assert_close(name, metric, &[*got as f32], &[*want], 1e-5, 1e-7);
+        }
+    }
+}
