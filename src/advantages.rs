@@ -118,11 +118,11 @@ impl GrpoAdvantagesConfig {
 /// // 2 prompts × K = 2 completions, one reward function.
 /// let rewards = Tensor::<2>::from_floats([[1.0], [0.0], [0.5], [0.5]], &device);
 /// let out = GrpoAdvantagesConfig::new().with_num_generations(2).init()?.forward(rewards)?;
-/// let a: Vec<f32> = out.advantages.into_data().to_vec().unwrap();
+/// let a: Vec<f32> = out.advantages.into_data().to_vec()?;
 /// // Group 0: ±0.5 / (std 0.7071 + 1e-4); group 1: all equal, 0.
 /// assert!((a[0] - 0.5 / (0.5f32.sqrt() + 1e-4)).abs() < 1e-5);
 /// assert_eq!(a[2..], [0.0, 0.0]);
-/// # Ok::<(), burn_preference::PreferenceError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Shapes
@@ -304,10 +304,10 @@ impl RlooKl {
 /// let device = Device::default();
 /// let rewards = Tensor::<2>::from_floats([[1.0], [0.0], [0.5]], &device);
 /// let rloo = RlooAdvantagesConfig::new().with_num_generations(3).with_beta(0.0).init()?;
-/// let a: Vec<f32> = rloo.forward(rewards, None)?.advantages.into_data().to_vec().unwrap();
+/// let a: Vec<f32> = rloo.forward(rewards, None)?.advantages.into_data().to_vec()?;
 /// // 1 − (0 + 0.5)/2, 0 − (1 + 0.5)/2, 0.5 − (1 + 0)/2
 /// assert_eq!(a, [0.75, -0.75, 0.0]);
-/// # Ok::<(), burn_preference::PreferenceError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Shapes

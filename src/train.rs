@@ -54,7 +54,7 @@
 //!     type Input = MicroBatch;
 //!     type Output = LossItem;
 //!     fn step(&self, micro: MicroBatch) -> LossItem {
-//!         LossItem::new(self.dpo(micro).expect("a valid batch"))
+//!         LossItem::new(self.dpo(micro).expect("a valid batch")) // no `Result` here either
 //!     }
 //! }
 //!

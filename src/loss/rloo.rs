@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use super::grpo::{MAX_LOG_RATIO, clipped};
+use super::formulas::policy::{MAX_LOG_RATIO, clipped};
 use super::{LossOutput, PreferenceLoss};
 use crate::batch::CompletionBatch;
 use crate::check;

@@ -6,4 +6,5 @@ pub(crate) mod aot;
 pub(crate) mod divergence;
 pub(crate) mod margin;
 pub(crate) mod nll;
+pub(crate) mod policy;
 pub(crate) mod squared;
